@@ -1,0 +1,46 @@
+"""Finding and loading training checkpoints (always with ``torch.load(..., weights_only=True)``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+
+__all__ = ["find_last_checkpoint", "load_state_dict"]
+PathLike = Union[str, os.PathLike]
+
+
+def find_last_checkpoint(checkpoint_dir: PathLike, pattern: str = "checkpoint_epoch=*.pt") -> Optional[str]:
+    """Path of the newest resumable checkpoint in ``checkpoint_dir`` (highest epoch), or None when there is none."""
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return None
+
+    def epoch(p: Path) -> int:
+        digits = "".join(ch for ch in p.stem.split("=")[-1] if ch.isdigit())
+        return int(digits) if digits else -1
+
+    candidates = sorted(folder.glob(pattern), key=epoch)
+    return str(candidates[-1]) if candidates else None
+
+
+def load_state_dict(path: PathLike, key: str = "model") -> Dict[str, torch.Tensor]:
+    """Network weights from a checkpoint file: a plain state dict or ``{"model": state_dict, ...}``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a readable PyTorch checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+    state = ckpt.get(key, ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict or {{'{key}': state_dict}}")
+    return state

@@ -1,0 +1,242 @@
+"""Data lists from folder layouts, and validation splits.
+
+Layouts (as in the MoNuSeg and TNBC releases)::
+
+    <dataset_dir>/images/<id>.png      RGB H&E tiles (PNG, TIFF or JPEG)
+    <dataset_dir>/masks/<id>.png       instance labels (uint16, 0 = background) or binary (0/255)
+
+Every file is checked when the list is made: files that are not images, images that cannot be decoded and
+images without a mask are skipped and reported (logged, and returned in :attr:`DataScan.skipped`); the rest
+goes on. A missing folder, or one with nothing usable, raises an error naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple, Union
+
+from PIL import Image, UnidentifiedImageError
+
+from bundle.image_io import ImageReadError, is_image_file, read_mask, read_rgb
+
+__all__ = [
+    "SPLIT_MODES",
+    "DataScan",
+    "group_id",
+    "scan_images",
+    "paired_datalist",
+    "split_datalist",
+    "make_split",
+]
+
+SPLIT_MODES = ("random", "kfold", "patient", "none")
+PathLike = Union[str, os.PathLike]
+logger = logging.getLogger(__name__)
+_TCGA_PATIENT = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})", re.IGNORECASE)
+
+
+@dataclass
+class DataScan:
+    """Result of scanning a folder.
+
+    Attributes:
+        items: usable items, ``{"image": path, "id": stem, "group": patient}`` (+ ``"label": path`` when paired).
+        skipped: ``{"file": path, "reason": text}`` for each file left out.
+    """
+
+    items: List[Dict[str, str]] = field(default_factory=list)
+    skipped: List[Dict[str, str]] = field(default_factory=list)
+
+    def skip(self, path: PathLike, reason: str) -> None:
+        """Record and log a skipped file."""
+        self.skipped.append({"file": str(path), "reason": reason})
+        logger.warning("skipped %s: %s", path, reason)
+
+
+def group_id(stem: str) -> str:
+    """Patient (slide) of an image id: ``TCGA-XX-YYYY`` for TCGA ids, the part before the first ``_`` for TNBC
+    ids (``03_2`` -> ``03``), else the id itself."""
+    match = _TCGA_PATIENT.match(stem)
+    if match:
+        return match.group(1).upper()
+    return stem.split("_")[0] if "_" in stem else stem
+
+
+def _require_dir(path: Path, what: str) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{what} does not exist: {path}")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{what} is not a folder: {path}")
+
+
+def _image_size(path: Path) -> Tuple[int, int]:
+    """(H, W) of an image, decoding it fully so that corrupt files are caught here and not mid-run."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.height, im.width
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = read_rgb(path)  # TIFFs PIL cannot decode; raises ImageReadError with the file name
+        return int(arr.shape[0]), int(arr.shape[1])
+
+
+def _list_files(folder: Path, scan: DataScan) -> List[Path]:
+    files = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        if not is_image_file(path):
+            scan.skip(path, f"not an image file (expected one of png, tif, tiff, jpg, jpeg)")
+            continue
+        files.append(path)
+    return files
+
+
+def scan_images(image_dir: PathLike) -> DataScan:
+    """List the readable images of a folder, for inference.
+
+    Args:
+        image_dir: folder of images; an image file path is accepted too.
+
+    Returns:
+        :class:`DataScan` whose items are ``{"image", "id", "group"}``.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: the folder holds no readable image.
+    """
+    image_dir = Path(image_dir)
+    scan = DataScan()
+    if image_dir.is_file():
+        candidates = [image_dir]
+    else:
+        _require_dir(image_dir, "image folder")
+        candidates = _list_files(image_dir, scan)
+    for path in candidates:
+        try:
+            _image_size(path)
+        except ImageReadError as err:
+            scan.skip(path, str(err).replace(f"{path}: ", ""))
+            continue
+        scan.items.append({"image": str(path), "id": path.stem, "group": group_id(path.stem)})
+    if not scan.items:
+        raise ValueError(f"no readable image in {image_dir} ({len(scan.skipped)} file(s) skipped)")
+    return scan
+
+
+def paired_datalist(
+    dataset_dir: Union[PathLike, Sequence[PathLike]], image_dir: str = "images", mask_dir: str = "masks"
+) -> DataScan:
+    """Pair ``images/<id>.*`` with ``masks/<id>.*`` in one or several dataset folders.
+
+    Images without a mask, masks of another size than their image, and unreadable files are skipped and reported.
+
+    Returns:
+        :class:`DataScan` whose items are ``{"image", "label", "id", "group"}``.
+
+    Raises:
+        FileNotFoundError: a dataset folder, or its images/masks folder, does not exist.
+        ValueError: no usable image-mask pair was found.
+    """
+    dirs = [dataset_dir] if isinstance(dataset_dir, (str, os.PathLike)) else list(dataset_dir)
+    scan = DataScan()
+    for root in map(Path, dirs):
+        _require_dir(root, "dataset_dir")
+        _require_dir(root / image_dir, f"image folder of {root}")
+        _require_dir(root / mask_dir, f"mask folder of {root}")
+        masks = {p.stem: p for p in _list_files(root / mask_dir, scan)}
+        for image in _list_files(root / image_dir, scan):
+            mask = masks.get(image.stem)
+            if mask is None:
+                scan.skip(image, f"no mask named {image.stem}.* in {root / mask_dir}")
+                continue
+            try:
+                size = _image_size(image)
+                mask_shape = read_mask(mask).shape
+            except ImageReadError as err:
+                scan.skip(image, str(err))
+                continue
+            if tuple(mask_shape) != size:
+                scan.skip(image, f"mask {mask.name} is {mask_shape[0]}x{mask_shape[1]}, image is {size[0]}x{size[1]}")
+                continue
+            scan.items.append({"image": str(image), "label": str(mask), "id": image.stem, "group": group_id(image.stem)})
+    if not scan.items:
+        raise ValueError(f"no usable image-mask pair in {', '.join(map(str, dirs))} ({len(scan.skipped)} skipped)")
+    return scan
+
+
+def split_datalist(
+    items: Sequence[Dict[str, str]],
+    mode: str = "random",
+    val_fraction: float = 0.2,
+    num_folds: int = 5,
+    fold: int = 0,
+    seed: int = 0,
+) -> Tuple[List[Dict[str, str]], List[Dict[str, str]]]:
+    """Split items into (train, validation).
+
+    Args:
+        items: data list items with ``"id"`` and ``"group"`` keys.
+        mode: ``"random"`` (a shuffled ``val_fraction`` of the images), ``"kfold"`` (fold ``fold`` of
+            ``num_folds`` shuffled image folds), ``"patient"`` (fold ``fold`` of ``num_folds`` folds of whole
+            patients/slides, so no patient is on both sides; TNBC must be split this way) or ``"none"``
+            (everything in both lists, for evaluation of a fixed set).
+        val_fraction: validation share for ``"random"``, in (0, 1).
+        num_folds: number of folds for ``"kfold"`` and ``"patient"``, >= 2.
+        fold: which fold is validation, in [0, num_folds).
+        seed: shuffling seed.
+
+    Raises:
+        ValueError: unknown mode, bad fraction or fold, or too few items/patients to split.
+    """
+    if mode not in SPLIT_MODES:
+        raise ValueError(f"split mode must be one of {SPLIT_MODES}, got {mode!r}")
+    items = sorted(items, key=lambda d: d["id"])
+    if mode == "none":
+        return list(items), list(items)
+    rng = random.Random(seed)
+    if mode == "random":
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if len(items) < 2:
+            raise ValueError(f"need at least 2 images to split, got {len(items)}")
+        order = list(items)
+        rng.shuffle(order)
+        n_val = min(len(order) - 1, max(1, round(val_fraction * len(order))))
+        return sorted(order[n_val:], key=lambda d: d["id"]), sorted(order[:n_val], key=lambda d: d["id"])
+    if num_folds < 2 or not 0 <= fold < num_folds:
+        raise ValueError(f"need num_folds >= 2 and 0 <= fold < num_folds, got fold {fold} of {num_folds}")
+    keys = sorted({d["group"] for d in items}) if mode == "patient" else [d["id"] for d in items]
+    if len(keys) < num_folds:
+        what = "patients" if mode == "patient" else "images"
+        raise ValueError(f"{num_folds} folds need at least {num_folds} {what}, got {len(keys)}")
+    rng.shuffle(keys)
+    val_keys = set(keys[fold::num_folds])
+    key = "group" if mode == "patient" else "id"
+    return [d for d in items if d[key] not in val_keys], [d for d in items if d[key] in val_keys]
+
+
+def make_split(
+    dataset_dir: Union[PathLike, Sequence[PathLike]],
+    mode: str = "random",
+    val_fraction: float = 0.2,
+    num_folds: int = 5,
+    fold: int = 0,
+    seed: int = 0,
+) -> Dict[str, List[Dict[str, str]]]:
+    """Scan paired data and split it: ``{"train": [...], "validation": [...], "skipped": [...]}``.
+
+    Items keep only ``image`` and ``label`` plus ``id``; see :func:`paired_datalist` and :func:`split_datalist`.
+    """
+    scan = paired_datalist(dataset_dir)
+    train, val = split_datalist(scan.items, mode, val_fraction, num_folds, fold, seed)
+    logger.info("data: %d training, %d validation image(s), %d skipped", len(train), len(val), len(scan.skipped))
+    return {"train": train, "validation": val, "skipped": scan.skipped}
