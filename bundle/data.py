@@ -16,14 +16,11 @@ import logging
 import os
 import random
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple, Union
 
-from PIL import Image, UnidentifiedImageError
-
-from bundle.image_io import ImageReadError, is_image_file, read_mask, read_rgb
+from bundle.image_io import ImageReadError, inspect_image, is_image_file, read_mask
 
 __all__ = [
     "SPLIT_MODES",
@@ -75,26 +72,13 @@ def _require_dir(path: Path, what: str) -> None:
         raise NotADirectoryError(f"{what} is not a folder: {path}")
 
 
-def _image_size(path: Path) -> Tuple[int, int]:
-    """(H, W) of an image, decoding it fully so that corrupt files are caught here and not mid-run."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.height, im.width
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = read_rgb(path)  # TIFFs PIL cannot decode; raises ImageReadError with the file name
-        return int(arr.shape[0]), int(arr.shape[1])
-
-
 def _list_files(folder: Path, scan: DataScan) -> List[Path]:
     files = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.is_dir():
             continue
         if not is_image_file(path):
-            scan.skip(path, f"not an image file (expected one of png, tif, tiff, jpg, jpeg)")
+            scan.skip(path, "not an image file (expected one of png, tif, tiff, jpg, jpeg)")
             continue
         files.append(path)
     return files
@@ -122,7 +106,7 @@ def scan_images(image_dir: PathLike) -> DataScan:
         candidates = _list_files(image_dir, scan)
     for path in candidates:
         try:
-            _image_size(path)
+            inspect_image(path)
         except ImageReadError as err:
             scan.skip(path, str(err).replace(f"{path}: ", ""))
             continue
@@ -159,7 +143,8 @@ def paired_datalist(
                 scan.skip(image, f"no mask named {image.stem}.* in {root / mask_dir}")
                 continue
             try:
-                size = _image_size(image)
+                info = inspect_image(image)
+                size = (info.height, info.width)
                 mask_shape = read_mask(mask).shape
             except ImageReadError as err:
                 scan.skip(image, str(err))

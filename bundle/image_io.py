@@ -1,40 +1,53 @@
-"""Reading H&E tiles and their masks: PIL for PNG/JPEG/TIFF, tifffile for TIFFs PIL cannot decode.
+"""Checking and reading H&E tiles and their masks with PIL.
 
-Images always come back as RGB uint8 (H, W, 3); grayscale, RGBA, palette and 16-bit images are converted with a
-warning that names the file. Masks come back as (H, W) integer arrays. Unreadable files raise
-:class:`ImageReadError` naming the file and the problem. :class:`HistologyImageReader` plugs the same rules into
-MONAI's ``LoadImage`` / ``LoadImaged``.
+The bundle's configs load images with MONAI's stock ``PILReader`` (``converter`` to RGB, natural row/column
+order), so what PIL can convert faithfully is what the bundle accepts. :func:`inspect_image` decides that up
+front, per file, when a data list is made: 8-bit RGB is used as is; grayscale, grayscale+alpha, RGBA, palette and
+1-bit images are converted to RGB with a warning; 16-bit and floating-point images are refused (PIL's RGB
+conversion would clip them) with a message saying what to do. Unreadable files raise :class:`ImageReadError`
+naming the file and the problem.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Optional, Union
 
 import numpy as np
-from monai.data import ImageReader
-from monai.utils import ensure_tuple
 from PIL import Image, UnidentifiedImageError
 
-__all__ = [
-    "IMAGE_SUFFIXES",
-    "ImageReadError",
-    "is_image_file",
-    "read_rgb",
-    "read_mask",
-    "HistologyImageReader",
-]
+__all__ = ["IMAGE_SUFFIXES", "ImageReadError", "ImageInfo", "is_image_file", "inspect_image", "read_rgb", "read_mask"]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 PathLike = Union[str, os.PathLike]
-logger = logging.getLogger(__name__)
+_CONVERTED_MODES = {
+    "L": "grayscale image replicated to RGB",
+    "LA": "grayscale+alpha image converted to RGB (alpha dropped)",
+    "RGBA": "RGBA image converted to RGB (alpha dropped)",
+    "RGBX": "RGBX image converted to RGB",
+    "P": "palette image converted to RGB",
+    "1": "1-bit image converted to RGB",
+    "CMYK": "CMYK image converted to RGB",
+    "YCbCr": "YCbCr image converted to RGB",
+}
+_REFUSED_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 class ImageReadError(ValueError):
     """A file that cannot be used as an image or mask; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What :func:`inspect_image` found: size (height, width), PIL mode, and the conversion applied (or None)."""
+
+    height: int
+    width: int
+    mode: str
+    conversion: Optional[str]
 
 
 def is_image_file(path: PathLike) -> bool:
@@ -42,148 +55,63 @@ def is_image_file(path: PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _decode(path: Path) -> np.ndarray:
-    """Decode a file into a numpy array, raising :class:`ImageReadError` with the file name on failure."""
+def _open_fully(path: Path) -> Image.Image:
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
     try:
-        with Image.open(path) as im:
-            im.load()
-            return _pil_to_array(im, path)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as pil_error:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            try:
-                import tifffile
-
-                return np.asarray(tifffile.imread(path))
-            except Exception as tiff_error:  # tifffile raises many types on broken files
-                raise ImageReadError(f"{path}: not a readable TIFF image ({tiff_error})") from tiff_error
-        raise ImageReadError(f"{path}: not a readable image ({pil_error})") from pil_error
+        im = Image.open(path)
+        im.load()  # decode everything now, so that truncated files fail here and not mid-run
+        return im
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"{path}: not a readable image ({err})") from err
 
 
-def _pil_to_array(im: Image.Image, path: Path) -> np.ndarray:
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode == "1":
-        im = im.convert("L")
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(im, dtype=np.uint16)
-    return np.asarray(im)
-
-
-def _to_rgb8(arr: np.ndarray, path: Path) -> np.ndarray:
-    """Convert a decoded array to RGB uint8 (H, W, 3), warning about every conversion made."""
-    notes: List[str] = []
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # channel-first TIFF
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (2, 3, 4)):
-        raise ImageReadError(f"{path}: expected an RGB image (H, W, 3), got an array of shape {arr.shape}")
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    if arr.dtype != np.uint8:
-        if not np.issubdtype(arr.dtype, np.integer) and not np.issubdtype(arr.dtype, np.floating):
-            raise ImageReadError(f"{path}: unsupported pixel type {arr.dtype}")
-        if np.issubdtype(arr.dtype, np.floating):
-            scale = 255.0 if float(np.nanmax(arr)) <= 1.0 else 1.0
-            arr = np.clip(np.nan_to_num(arr) * scale, 0, 255).astype(np.uint8)
-            notes.append("floating-point pixels scaled to 8 bits")
-        else:
-            bits = np.iinfo(arr.dtype).bits
-            arr = (arr.astype(np.float64) / np.iinfo(arr.dtype).max * 255.0 + 0.5).astype(np.uint8)
-            notes.append(f"{bits}-bit pixels scaled to 8 bits")
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-        notes.append("grayscale replicated to RGB")
-    elif arr.shape[-1] == 2:  # grayscale + alpha
-        arr = np.repeat(arr[..., :1], 3, axis=-1)
-        notes.append("grayscale+alpha converted to RGB")
-    elif arr.shape[-1] == 4:
-        alpha = arr[..., 3:4].astype(np.float32) / 255.0
-        if alpha.min() < 1.0:
-            rgb = arr[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)  # composite on white
-            arr = (rgb + 0.5).astype(np.uint8)
-            notes.append("RGBA composited on white")
-        else:
-            arr = arr[..., :3]
-            notes.append("opaque alpha channel dropped")
-    if notes:
-        warnings.warn(f"{path}: {', '.join(notes)}", stacklevel=3)
-    return np.ascontiguousarray(arr)
-
-
-def read_rgb(path: PathLike) -> np.ndarray:
-    """Read an H&E image as RGB uint8.
+def inspect_image(path: PathLike, warn: bool = True) -> ImageInfo:
+    """Check that ``path`` is an H&E image the bundle can use.
 
     Args:
         path: PNG, JPEG or TIFF file.
-
-    Returns:
-        uint8 array (H, W, 3).
+        warn: issue a ``UserWarning`` naming the file when the image will be converted to RGB.
 
     Raises:
-        ImageReadError: missing, corrupt or non-image file, or an array that is not an image.
+        ImageReadError: missing, corrupt or non-image file; 16-bit or floating-point image; unsupported mode.
     """
     path = Path(path)
-    return _to_rgb8(_decode(path), path)
+    with _open_fully(path) as im:
+        mode, width, height = im.mode, im.width, im.height
+    if mode in _REFUSED_MODES:
+        raise ImageReadError(
+            f"{path}: {mode} image (16-bit or floating point) is not supported; convert it to 8-bit RGB first"
+        )
+    conversion = _CONVERTED_MODES.get(mode)
+    if mode != "RGB" and conversion is None:
+        raise ImageReadError(f"{path}: unsupported image mode {mode!r}; expected 8-bit RGB")
+    if conversion and warn:
+        warnings.warn(f"{path}: {conversion}", stacklevel=2)
+    return ImageInfo(height, width, mode, conversion)
+
+
+def read_rgb(path: PathLike) -> np.ndarray:
+    """Read an H&E image as RGB uint8 (H, W, 3), with the checks and conversions of :func:`inspect_image`."""
+    path = Path(path)
+    inspect_image(path, warn=False)
+    with _open_fully(path) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def read_mask(path: PathLike) -> np.ndarray:
-    """Read a mask: instance labels (uint16, 0 background) or binary (0/255, or 0/1).
-
-    Returns:
-        integer array (H, W); RGB masks are reduced to their first channel with a warning.
+    """Read a mask as an integer array (H, W): instance labels (uint16, 0 background) or binary (0/255 or 0/1).
 
     Raises:
-        ImageReadError: missing, corrupt or non-image file, or a mask that is not 2-D.
+        ImageReadError: missing, corrupt or non-image file, or a mask that is not single-channel.
     """
     path = Path(path)
-    arr = _decode(path)
-    if arr.ndim == 3:
-        if arr.shape[-1] not in (3, 4) or not (arr[..., 0] == arr[..., 1]).all():
-            raise ImageReadError(f"{path}: a mask must be single-channel, got shape {arr.shape}")
-        warnings.warn(f"{path}: RGB mask reduced to its first channel", stacklevel=2)
-        arr = arr[..., 0]
+    with _open_fully(path) as im:
+        if im.mode == "1":
+            im = im.convert("L")
+        arr = np.asarray(im)
     if arr.ndim != 2:
-        raise ImageReadError(f"{path}: a mask must be 2-D (H, W), got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != bool:
+        raise ImageReadError(f"{path}: a mask must be single-channel (H, W), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
         raise ImageReadError(f"{path}: a mask must hold integer labels, got {arr.dtype}")
-    return arr.astype(np.int32 if arr.dtype == np.uint16 or arr.dtype.itemsize > 2 else np.uint8)
-
-
-class HistologyImageReader(ImageReader):
-    """MONAI image reader for H&E tiles and masks, for ``LoadImage(d)(reader=HistologyImageReader(...))``.
-
-    Gives channel-last arrays in natural (row, column) order: images (H, W, 3) uint8 through :func:`read_rgb`,
-    masks (H, W) through :func:`read_mask`. ``EnsureChannelFirst(d)`` then gives (3, H, W) and (1, H, W).
-
-    Args:
-        mask: read masks instead of RGB images.
-    """
-
-    def __init__(self, mask: bool = False, **kwargs: Any):
-        super().__init__()
-        self.mask = mask
-
-    def verify_suffix(self, filename: Union[Sequence[PathLike], PathLike]) -> bool:
-        return all(is_image_file(f) for f in ensure_tuple(filename))
-
-    def read(self, data: Union[Sequence[PathLike], PathLike], **kwargs: Any) -> List[Tuple[np.ndarray, str]]:
-        reader = read_mask if self.mask else read_rgb
-        return [(reader(f), str(f)) for f in ensure_tuple(data)]
-
-    def get_data(self, img: Any) -> Tuple[np.ndarray, Dict]:
-        items = img if isinstance(img, list) else [img]
-        arrays = [a for a, _ in items]
-        if len(arrays) > 1:
-            raise ValueError("HistologyImageReader reads one file at a time")
-        arr, name = items[0]
-        meta: Dict[str, Any] = {
-            "spatial_shape": np.asarray(arr.shape[:2]),
-            "original_channel_dim": "no_channel" if arr.ndim == 2 else -1,
-            "filename_or_obj": name,
-            "affine": np.eye(3),
-            "original_affine": np.eye(3),
-        }
-        return arr, meta
+    return arr

@@ -94,11 +94,16 @@ class SegmentationWriter:
         self.skipped = list(skipped or [])
         self.write_overlay = write_overlay
         self.written: List[Dict[str, Any]] = []
+        self._stems: set = set()
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda e: self.written.clear())
+        engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         engine.add_event_handler(Events.COMPLETED, self._write_report)
+
+    def _reset(self, engine: Engine) -> None:
+        self.written.clear()
+        self._stems.clear()
 
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output
@@ -109,7 +114,11 @@ class SegmentationWriter:
         """Write the files of one decollated item; returns the mask path."""
         image = item[self.image_key]
         meta = getattr(image, "meta", {}) or {}
-        stem = Path(str(meta.get("filename_or_obj", f"image_{len(self.written)}"))).stem
+        source = Path(str(meta.get("filename_or_obj", f"image_{len(self.written)}.png")))
+        stem = source.stem
+        if stem in self._stems:  # e.g. tile.png and tile.tif in one folder: keep both
+            stem = f"{stem}_{source.suffix.lstrip('.').lower()}"
+        self._stems.add(stem)
         mask = mask_to_png_array(item[self.pred_key])
         self.output_dir.mkdir(parents=True, exist_ok=True)
         seg_path = self.output_dir / f"{stem}_seg.png"

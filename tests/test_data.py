@@ -1,0 +1,171 @@
+"""Data lists, splits and bad-input handling of bundle.data / bundle.image_io."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bundle.data import group_id, make_split, paired_datalist, scan_images, split_datalist
+from bundle.image_io import ImageReadError, inspect_image, read_mask, read_rgb
+from tests.helpers import MONUSEG, TNBC, make_bad_image_folder
+
+GROUP_CASES = [
+    ("TCGA-21-5784-01Z-00-DX1", "TCGA-21-5784"),
+    ("TCGA-21-5784-01Z-00-DX1_r300_c300", "TCGA-21-5784"),
+    ("03_2", "03"),
+    ("01_2_r128_c128", "01"),
+    ("tile", "tile"),
+]
+
+
+@pytest.mark.parametrize("stem, expected", GROUP_CASES)
+def test_group_id(stem, expected):
+    assert group_id(stem) == expected
+
+
+@pytest.mark.parametrize("folder, n_items, mask_dtype", [(MONUSEG, 4, np.uint16), (TNBC, 2, np.uint8)])
+def test_paired_datalist_on_shipped_crops(folder, n_items, mask_dtype):
+    scan = paired_datalist(folder)
+    assert len(scan.items) == n_items and not scan.skipped
+    item = scan.items[0]
+    assert set(item) == {"image", "label", "id", "group"}
+    assert read_rgb(item["image"]).shape == (256, 256, 3)
+    assert read_mask(item["label"]).dtype == mask_dtype
+
+
+def test_paired_datalist_several_folders():
+    scan = paired_datalist([MONUSEG, TNBC])
+    assert len(scan.items) == 6
+    assert {"01", "04"} <= {i["group"] for i in scan.items}
+
+
+def test_missing_dataset_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset_dir does not exist: .*nowhere"):
+        paired_datalist(tmp_path / "nowhere")
+    (tmp_path / "images").mkdir()
+    with pytest.raises(FileNotFoundError, match="mask folder"):
+        paired_datalist(tmp_path)
+
+
+def test_image_without_mask_and_bad_files_are_skipped(tmp_path):
+    shutil.copytree(MONUSEG, tmp_path / "ds")
+    images = sorted((tmp_path / "ds" / "images").glob("*.png"))
+    (tmp_path / "ds" / "masks" / images[0].name).unlink()  # image without a mask
+    (tmp_path / "ds" / "images" / "readme.txt").write_text("x")  # not an image
+    corrupt = tmp_path / "ds" / "images" / images[1].name
+    corrupt.write_bytes(corrupt.read_bytes()[:500])  # truncated PNG
+    scan = paired_datalist(tmp_path / "ds")
+    assert len(scan.items) == 2
+    reasons = {s["file"].split("/")[-1]: s["reason"] for s in scan.skipped}
+    assert "no mask" in reasons[images[0].name]
+    assert "not an image file" in reasons["readme.txt"]
+    assert "not a readable image" in reasons[images[1].name] and images[1].name in reasons[images[1].name]
+
+
+def test_mask_size_mismatch_is_skipped(tmp_path):
+    shutil.copytree(TNBC, tmp_path / "ds")
+    mask = sorted((tmp_path / "ds" / "masks").glob("*.png"))[0]
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(mask)
+    scan = paired_datalist(tmp_path / "ds")
+    assert len(scan.items) == 1 and "is 10x10" in scan.skipped[0]["reason"]
+
+
+def test_no_usable_pair(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(ValueError, match="no usable image-mask pair"):
+        paired_datalist(tmp_path)
+
+
+def test_scan_images_bad_inputs(tmp_path):
+    paths = make_bad_image_folder(tmp_path / "in")
+    with pytest.warns(UserWarning) as record:
+        scan = scan_images(tmp_path / "in")
+    messages = " ".join(str(w.message) for w in record)
+    assert "gray.png: grayscale image replicated to RGB" in messages
+    assert "rgba.png: RGBA image converted to RGB" in messages
+    used = sorted(i["image"].split("/")[-1] for i in scan.items)
+    assert used == ["good.png", "gray.png", "rgba.png", "small.png", "tile.jpg", "tile.tif"]
+    skipped = {s["file"].split("/")[-1]: s["reason"] for s in scan.skipped}
+    assert set(skipped) == {"corrupt.png", "notes.txt", "sixteen.png"}
+    assert "not a readable image" in skipped["corrupt.png"]
+    assert "16-bit" in skipped["sixteen.png"] and "convert it to 8-bit RGB" in skipped["sixteen.png"]
+
+
+def test_scan_images_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="image folder does not exist"):
+        scan_images(tmp_path / "missing")
+    (tmp_path / "junk.txt").write_text("x")
+    with pytest.raises(ValueError, match="no readable image"):
+        scan_images(tmp_path)
+
+
+def test_inspect_image_messages_name_the_file(tmp_path):
+    paths = make_bad_image_folder(tmp_path)
+    with pytest.raises(ImageReadError, match="corrupt.png: not a readable image"):
+        inspect_image(paths["corrupt"])
+    with pytest.raises(ImageReadError, match="sixteen.png: I;16 image"):
+        inspect_image(paths["sixteen"])
+    with pytest.raises(ImageReadError, match="missing.png: file not found"):
+        inspect_image(tmp_path / "missing.png")
+    assert read_rgb(paths["gray"]).shape == (256, 256, 3)
+
+
+def _items(n, groups=None):
+    return [{"id": f"img{i:02d}", "group": (groups[i] if groups else f"img{i:02d}")} for i in range(n)]
+
+
+SPLIT_CASES = [
+    ({"mode": "random", "val_fraction": 0.2}, 30, 24, 6),
+    ({"mode": "random", "val_fraction": 0.5}, 5, 3, 2),
+    ({"mode": "kfold", "num_folds": 5, "fold": 1}, 30, 24, 6),
+    ({"mode": "none"}, 7, 7, 7),
+]
+
+
+@pytest.mark.parametrize("kwargs, n, n_train, n_val", SPLIT_CASES)
+def test_split_sizes(kwargs, n, n_train, n_val):
+    train, val = split_datalist(_items(n), **kwargs)
+    assert (len(train), len(val)) == (n_train, n_val)
+    if kwargs["mode"] != "none":
+        assert not {d["id"] for d in train} & {d["id"] for d in val}
+
+
+def test_kfold_covers_every_image_once():
+    items = _items(23)
+    seen = []
+    for fold in range(5):
+        seen += [d["id"] for d in split_datalist(items, "kfold", num_folds=5, fold=fold)[1]]
+    assert sorted(seen) == sorted(d["id"] for d in items)
+
+
+def test_patient_split_keeps_patients_apart():
+    groups = ["01"] * 7 + ["02"] * 3 + ["03"] * 5 + ["04"] * 8 + ["05"] * 4 + ["06"] * 3 + ["07"] * 3 + ["08"] * 4
+    items = _items(len(groups), groups)
+    for fold in range(4):
+        train, val = split_datalist(items, "patient", num_folds=4, fold=fold)
+        assert val and not {d["group"] for d in train} & {d["group"] for d in val}
+        assert len(train) + len(val) == len(items)
+
+
+SPLIT_ERROR_CASES = [
+    ({"mode": "bogus"}, "split mode must be one of"),
+    ({"mode": "random", "val_fraction": 1.5}, "val_fraction must be in"),
+    ({"mode": "kfold", "fold": 5, "num_folds": 5}, "0 <= fold < num_folds"),
+    ({"mode": "patient", "num_folds": 5}, "at least 5 patients"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", SPLIT_ERROR_CASES)
+def test_split_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        split_datalist(_items(6, ["a", "a", "b", "b", "c", "c"]), **kwargs)
+
+
+def test_make_split_on_crops():
+    split = make_split(TNBC, mode="patient", num_folds=2, fold=0)
+    assert len(split["train"]) == 1 and len(split["validation"]) == 1
+    assert split["train"][0]["group"] != split["validation"][0]["group"]
