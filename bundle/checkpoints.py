@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -36,9 +38,11 @@ def load_state_dict(path: PathLike, key: str = "model") -> Dict[str, torch.Tenso
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint (not a torch.save archive)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
     state = ckpt.get(key, ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Dict, List, Sequence, Union
 
@@ -139,9 +141,11 @@ def load_text_prior_record(path: PathLike) -> Dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text prior not found: {path} (build it with scripts/build_text_prior.py)")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable text prior (not a torch.save archive)")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as err:  # torch raises RuntimeError on corrupt archives
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # corrupt archive or disallowed type
         raise ValueError(f"{path}: not a readable text prior ({err})") from err
     if not isinstance(record, dict) or not {"embeddings", "prompts", "encoder", "pooling"} <= set(record):
         raise ValueError(f"{path}: a text prior needs keys embeddings, prompts, encoder, pooling")

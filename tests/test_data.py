@@ -81,7 +81,7 @@ def test_no_usable_pair(tmp_path):
 
 
 def test_scan_images_bad_inputs(tmp_path):
-    paths = make_bad_image_folder(tmp_path / "in")
+    make_bad_image_folder(tmp_path / "in")
     with pytest.warns(UserWarning) as record:
         scan = scan_images(tmp_path / "in")
     messages = " ".join(str(w.message) for w in record)

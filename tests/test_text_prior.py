@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -158,16 +157,6 @@ def _saved(obj) -> bytes:
 
 _GOOD = {"embeddings": torch.zeros(2, 4), "prompts": ["a", "b"], "encoder": "x", "pooling": "mean"}
 
-# Known bug, kept visible: torch.load(weights_only=True) raises pickle.UnpicklingError (or IndexError from the
-# legacy unpickler) on a file that is not a zip archive or that holds non-weight types; load_text_prior_record
-# lets these through instead of raising ValueError. strict=True: these cases fail loudly once the bug is fixed,
-# then drop the marker.
-_XFAIL_UNCAUGHT = pytest.mark.xfail(
-    raises=(pickle.UnpicklingError, IndexError),
-    strict=True,
-    reason="bundle/text_prior.py: load_text_prior_record does not turn unpickling errors into ValueError",
-)
-
 INVALID_PRIOR_CASES = [
     (b"", r"not a readable text prior"),
     (_saved(_GOOD)[:100], r"not a readable text prior"),  # truncated zip archive
@@ -176,14 +165,9 @@ INVALID_PRIOR_CASES = [
     (_saved({**_GOOD, "embeddings": torch.zeros(8)}), r"embeddings must be \(n_prompts, dim\)"),
     (_saved({**_GOOD, "embeddings": torch.zeros(3, 4)}), r"embeddings must be \(n_prompts, dim\)"),
     (_saved({**_GOOD, "embeddings": [[0.0] * 4] * 2}), r"embeddings must be \(n_prompts, dim\)"),
-    pytest.param(b"this is not a torch file", r"not a readable text prior", marks=_XFAIL_UNCAUGHT, id="garbage-text"),
-    pytest.param(bytes(range(256)), r"not a readable text prior", marks=_XFAIL_UNCAUGHT, id="garbage-binary"),
-    pytest.param(
-        _saved({**_GOOD, "embeddings": np.zeros((2, 4), dtype=np.float32)}),
-        r"not a readable text prior",
-        marks=_XFAIL_UNCAUGHT,
-        id="numpy-embeddings",
-    ),
+    (b"this is not a torch file", r"not a readable text prior"),
+    (bytes(range(256)), r"not a readable text prior"),
+    (_saved({**_GOOD, "embeddings": np.zeros((2, 4), dtype=np.float32)}), r"not a readable text prior"),
 ]
 
 
