@@ -10,7 +10,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
-from bundle.networks.blocks import CDRB, GATE_MODES, SKIP_TYPES, GdAM, MultiResBlock, ResPath, TextProjection
+from bundle.networks.blocks import BN_MOMENTUM, CDRB, GATE_MODES, SKIP_TYPES, GdAM, MultiResBlock, ResPath, TextProjection
 
 __all__ = ["GRUNet", "EncoderStage", "DecoderStage", "count_parameters", "count_bn_statistics"]
 
@@ -80,8 +80,11 @@ class GRUNet(nn.Module):
         gdam_features: channels of the GdAM image branch. Default 8 * features (256).
         text_map_size: side of the projected text map. Default 32.
         trainable_text_projection: learn the text projection (default) or keep it frozen random (reference).
+        bn_momentum: BatchNorm running-statistics momentum (PyTorch convention). Default 0.1. The reference's
+            Keras value, 0.01, leaves the running statistics far from the batch statistics after a few hundred
+            iterations, so evaluation-mode predictions collapse on small datasets.
         reference: reproduce the reference structure exactly; overrides ``gate="batch"``,
-            ``repeat_channels=True``, ``cdrb_units=4``, ``trainable_text_projection=False``.
+            ``repeat_channels=True``, ``cdrb_units=4``, ``trainable_text_projection=False``, ``bn_momentum=0.01``.
 
     Input (B, in_channels, H, W) with H and W multiples of 16. Returns logits (B, out_channels, H, W).
     GdAM uses its mean map at evaluation; it samples in training or after ``set_attention_sampling(True)``.
@@ -109,11 +112,13 @@ class GRUNet(nn.Module):
         gdam_features: Optional[int] = None,
         text_map_size: int = 32,
         trainable_text_projection: bool = True,
+        bn_momentum: float = 0.1,
         reference: bool = False,
     ):
         super().__init__()
         if reference:
             gate, repeat_channels, cdrb_units, trainable_text_projection = "batch", True, 4, False
+            bn_momentum = BN_MOMENTUM
         if skip not in SKIP_TYPES:
             raise ValueError(f"skip must be one of {SKIP_TYPES}, got {skip!r}")
         if gate not in GATE_MODES:
@@ -123,6 +128,8 @@ class GRUNet(nn.Module):
                 raise ValueError(f"{name} must be > 0, got {value}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not 0.0 < bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.divisor = 2**NUM_LEVELS
@@ -171,15 +178,17 @@ class GRUNet(nn.Module):
             self.gdam = GdAM(enc_channels[-1], gdam_features or 8 * features, NUM_LEVELS)
         else:
             self.register_buffer("text_prior", torch.zeros(0, 0))
-        self._init_weights()
+        self._init_weights(bn_momentum)
 
-    def _init_weights(self) -> None:
-        """Glorot-uniform weights and zero biases for every convolution (as the Keras reference)."""
+    def _init_weights(self, bn_momentum: float) -> None:
+        """Glorot-uniform weights and zero biases for every convolution (as the Keras reference); BN momentum."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.momentum = bn_momentum
 
     @torch.jit.unused
     def set_attention_sampling(self, enabled: bool) -> None:
