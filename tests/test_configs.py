@@ -68,3 +68,27 @@ def test_network_def_builds_with_shipped_text_prior():
     net = load_config("inference").get_parsed_content("network_def")
     assert net.text_prior.shape == (16, 384)
     assert bool(torch.isfinite(net.text_prior).all())
+
+
+def test_ckpt_export_gives_torchscript_matching_the_checkpoint(tmp_path):
+    """MONAI's ``ckpt_export`` scripts ``network_def`` (torch.jit.script, not trace) with metadata and config."""
+    from monai.bundle import ckpt_export
+
+    parser = load_config("inference", overrides={"network_def#features": 8})
+    net = parser.get_parsed_content("network_def").eval()
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(tmp_path / "model.ts"),
+        ckpt_file=str(tmp_path / "model.pt"),
+        meta_file=str(config_path("metadata")),
+        config_file=str(config_path("inference")),
+        **{"network_def#features": 8},
+    )
+    extra = {"metadata.json": "", "inference.json": ""}
+    scripted = torch.jit.load(str(tmp_path / "model.ts"), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["name"] == "pathology_nuclei_segmentation_grunet"
+    assert "network_def" in json.loads(extra["inference.json"])
+    x = torch.rand(1, 3, 64, 48)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), net(x), atol=1e-5)
