@@ -6,11 +6,11 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 
-__all__ = ["find_last_checkpoint", "load_state_dict"]
+__all__ = ["find_last_checkpoint", "load_torch_file", "load_state_dict"]
 PathLike = Union[str, os.PathLike]
 
 
@@ -28,6 +28,24 @@ def find_last_checkpoint(checkpoint_dir: PathLike, pattern: str = "checkpoint_ep
     return str(candidates[-1]) if candidates else None
 
 
+def load_torch_file(path: PathLike, what: str = "PyTorch checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with errors that name the file.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not a ``torch.save`` archive, a corrupt one, or one holding types ``weights_only`` refuses.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable {what} (not a torch.save archive)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path}: not a readable {what} ({err})") from err
+
+
 def load_state_dict(path: PathLike, key: str = "model") -> Dict[str, torch.Tensor]:
     """Network weights from a checkpoint file: a plain state dict or ``{"model": state_dict, ...}``.
 
@@ -35,15 +53,7 @@ def load_state_dict(path: PathLike, key: str = "model") -> Dict[str, torch.Tenso
         FileNotFoundError: no file at ``path``.
         ValueError: the file is not a readable PyTorch checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model checkpoint not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint (not a torch.save archive)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+    ckpt = load_torch_file(path, "model checkpoint")
     state = ckpt.get(key, ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict or {{'{key}': state_dict}}")

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Dict, List, Sequence, Union
 
 import torch
+
+from bundle.checkpoints import load_torch_file
 
 __all__ = [
     "DEFAULT_ENCODER",
@@ -141,12 +141,7 @@ def load_text_prior_record(path: PathLike) -> Dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text prior not found: {path} (build it with scripts/build_text_prior.py)")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a readable text prior (not a torch.save archive)")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # corrupt archive or disallowed type
-        raise ValueError(f"{path}: not a readable text prior ({err})") from err
+    record = load_torch_file(path, "text prior")
     if not isinstance(record, dict) or not {"embeddings", "prompts", "encoder", "pooling"} <= set(record):
         raise ValueError(f"{path}: a text prior needs keys embeddings, prompts, encoder, pooling")
     emb = record["embeddings"]

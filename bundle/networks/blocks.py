@@ -19,6 +19,7 @@ __all__ = [
     "GATE_MODES",
     "SKIP_TYPES",
     "ConvBN",
+    "ResidualUnit",
     "MultiResBlock",
     "ResPath",
     "CDRBUnit",
@@ -104,20 +105,32 @@ class MultiResBlock(nn.Module):
         return self.bn_out(F.relu(out + self.shortcut(x)))
 
 
-class ResPathUnit(nn.Module):
-    """One residual unit of MultiResUNet's ResPath: ``BN(ReLU(convbn3x3_relu(x) + convbn1x1(x)))``.
+class ResidualUnit(nn.Module):
+    """Residual unit ``BN(ReLU(convbn3x3(x) + convbn1x1(x)))`` shared by ResPath and the CDRB.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        conv_act: ReLU inside the 3x3 branch (ResPath) or not (CDRB).
 
     Shapes: (B, in_channels, H, W) -> (B, out_channels, H, W).
     """
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, conv_act: bool):
         super().__init__()
-        self.conv = ConvBN(in_channels, out_channels, 3, act=True)
+        self.conv = ConvBN(in_channels, out_channels, 3, act=conv_act)
         self.shortcut = ConvBN(in_channels, out_channels, 1, act=False)
         self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(F.relu(self.conv(x) + self.shortcut(x)))
+
+
+class ResPathUnit(ResidualUnit):
+    """One unit of MultiResUNet's ResPath: ``BN(ReLU(convbn3x3_relu(x) + convbn1x1(x)))``."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, conv_act=True)
 
 
 class ResPath(nn.Sequential):
@@ -139,20 +152,11 @@ class ResPath(nn.Sequential):
             self.add_module(f"unit{i}", ResPathUnit(in_channels if i == 0 else out_channels, out_channels))
 
 
-class CDRBUnit(nn.Module):
-    """Residual unit of the CDRB: ``BN(ReLU(convbn3x3(z) + convbn1x1(z)))`` (no activation inside the branches).
-
-    Shapes: (B, in_channels, H, W) -> (B, out_channels, H, W).
-    """
+class CDRBUnit(ResidualUnit):
+    """Unit of the CDRB: ``BN(ReLU(convbn3x3(z) + convbn1x1(z)))`` (no activation inside the branches)."""
 
     def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.conv = ConvBN(in_channels, out_channels, 3, act=False)
-        self.shortcut = ConvBN(in_channels, out_channels, 1, act=False)
-        self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(F.relu(self.conv(x) + self.shortcut(x)))
+        super().__init__(in_channels, out_channels, conv_act=False)
 
 
 class CDRB(nn.Module):

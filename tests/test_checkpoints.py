@@ -1,0 +1,51 @@
+"""Checkpoint discovery and weights-only loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bundle.checkpoints import find_last_checkpoint, load_state_dict
+from bundle.config_io import BUNDLE_ROOT
+
+
+def test_find_last_checkpoint_orders_by_epoch_number(tmp_path):
+    assert find_last_checkpoint(tmp_path / "missing") is None
+    assert find_last_checkpoint(tmp_path) is None
+    for epoch in (2, 9, 10):
+        torch.save({}, tmp_path / f"checkpoint_epoch={epoch}.pt")
+    assert find_last_checkpoint(tmp_path).endswith("checkpoint_epoch=10.pt")
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_load_state_dict_plain_or_wrapped(tmp_path, wrap):
+    state = {"w": torch.ones(2)}
+    torch.save({"model": state, "epoch": 3} if wrap else state, tmp_path / "m.pt")
+    assert torch.equal(load_state_dict(tmp_path / "m.pt")["w"], torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    "content, error, match",
+    [
+        (None, FileNotFoundError, "model checkpoint not found"),
+        (b"not a checkpoint", ValueError, "not a torch.save archive"),
+        ({"model": [1, 2]}, ValueError, "expected a state dict"),
+    ],
+)
+def test_load_state_dict_errors(tmp_path, content, error, match):
+    path = tmp_path / "m.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises(error, match=match):
+        load_state_dict(path)
+
+
+def test_shipped_model_loads_weights_only_into_the_configured_network():
+    from bundle.config_io import load_config
+
+    net = load_config("inference").get_parsed_content("network_def")
+    state = load_state_dict(BUNDLE_ROOT / "models" / "model.pt")
+    assert net.load_state_dict(state, strict=True) is not None
+    assert (BUNDLE_ROOT / "models" / "model.pt").stat().st_size < 100 * 1024 * 1024
