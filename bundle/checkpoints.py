@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -15,7 +16,11 @@ PathLike = Union[str, os.PathLike]
 
 
 def find_last_checkpoint(checkpoint_dir: PathLike, pattern: str = "checkpoint_epoch=*.pt") -> Optional[str]:
-    """Path of the newest resumable checkpoint in ``checkpoint_dir`` (highest epoch), or None when there is none."""
+    """Path of the newest complete resumable checkpoint in ``checkpoint_dir`` (highest epoch), or None.
+
+    A file cut short by a kill during its write (no zip central directory) is skipped with a warning, so that
+    training resumes from the previous complete checkpoint instead of failing.
+    """
     folder = Path(checkpoint_dir)
     if not folder.is_dir():
         return None
@@ -24,8 +29,11 @@ def find_last_checkpoint(checkpoint_dir: PathLike, pattern: str = "checkpoint_ep
         digits = "".join(ch for ch in p.stem.split("=")[-1] if ch.isdigit())
         return int(digits) if digits else -1
 
-    candidates = sorted(folder.glob(pattern), key=epoch)
-    return str(candidates[-1]) if candidates else None
+    for candidate in sorted(folder.glob(pattern), key=epoch, reverse=True):
+        if zipfile.is_zipfile(candidate):
+            return str(candidate)
+        warnings.warn(f"{candidate}: incomplete checkpoint (interrupted write), skipped", stacklevel=2)
+    return None
 
 
 def load_torch_file(path: PathLike, what: str = "PyTorch checkpoint") -> Any:

@@ -17,6 +17,15 @@ def test_find_last_checkpoint_orders_by_epoch_number(tmp_path):
     assert find_last_checkpoint(tmp_path).endswith("checkpoint_epoch=10.pt")
 
 
+def test_find_last_checkpoint_skips_a_truncated_write(tmp_path):
+    for epoch in (3, 4):
+        torch.save({"x": torch.ones(100)}, tmp_path / f"checkpoint_epoch={epoch}.pt")
+    newest = tmp_path / "checkpoint_epoch=4.pt"
+    newest.write_bytes(newest.read_bytes()[:200])  # killed while writing
+    with pytest.warns(UserWarning, match="incomplete checkpoint"):
+        assert find_last_checkpoint(tmp_path).endswith("checkpoint_epoch=3.pt")
+
+
 @pytest.mark.parametrize("wrap", [False, True])
 def test_load_state_dict_plain_or_wrapped(tmp_path, wrap):
     state = {"w": torch.ones(2)}

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -22,12 +23,15 @@ import pytest
 import torch
 from PIL import Image
 
+from bundle.checkpoints import find_last_checkpoint
+from bundle.config_io import load_config
 from tests.helpers import LIGHT_OVERRIDES, MONUSEG, ROOT, cli_overrides, make_bad_image_folder
 
 PY = sys.executable
 META = ["--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf"]
 TRAIN = ["--config_file", "configs/train.json"]
 FAST = {**LIGHT_OVERRIDES, "num_workers": 0, "val_interval": 1, "crops_per_image": 2}
+LEARNING_RATE = str(load_config("train")["learning_rate"])
 
 
 def _env() -> dict:
@@ -78,7 +82,7 @@ def test_training_writes_checkpoints_and_mlflow_run(trained):
     client, runs = mlflow_runs(f"sqlite:///{out}/mlruns.db")
     train_run = [r for r in runs if "train_loss" in r.data.metrics][0]
     assert len(client.get_metric_history(train_run.info.run_id, "train_loss")) >= 2  # per iteration
-    assert train_run.data.params["learning_rate"] == "0.001"
+    assert train_run.data.params["learning_rate"] == LEARNING_RATE
     assert train_run.data.params["features"] == "8" and train_run.data.params["max_epochs"] == "2"
     assert any("val_mean_dice" in r.data.metrics for r in runs)
     artifacts = [a.path for a in client.list_artifacts(train_run.info.run_id)]
@@ -121,24 +125,29 @@ def test_evaluate_writes_csv_json_and_logs_mlflow(trained, tmp_path):
 
 
 def test_killed_training_resumes_from_last_checkpoint(tmp_path):
-    cmd = [PY, "-m", "monai.bundle", "run", *train_args(tmp_path, epochs=3)]
+    epochs = 5
+    cmd = [PY, "-m", "monai.bundle", "run", *train_args(tmp_path, epochs=epochs)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = tmp_path / "checkpoints" / "checkpoint_epoch=1.pt"
+    checkpoints = tmp_path / "checkpoints"
     deadline = time.time() + 300
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    time.sleep(1.0)  # let the file be written completely
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert first.exists() or (tmp_path / "checkpoints" / "checkpoint_epoch=2.pt").exists()
-    assert not (tmp_path / "checkpoints" / "checkpoint_epoch=3.pt").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a checkpoint being written is incomplete
+        while find_last_checkpoint(checkpoints) is None and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # possibly in the middle of writing the next checkpoint
+        proc.wait()
+        last_complete = find_last_checkpoint(checkpoints)
+    assert last_complete is not None and proc.returncode == -signal.SIGKILL
+    killed_at = int(Path(last_complete).stem.split("=")[-1])
+    assert killed_at < epochs
 
-    resumed = bundle_run(train_args(tmp_path, epochs=3, resume="true"))
+    resumed = bundle_run(train_args(tmp_path, epochs=epochs, resume="true"))
     log = resumed.stdout + resumed.stderr
-    assert "Restored all variables from" in log and "checkpoint_epoch=" in log
-    assert "Epoch: 1/3" not in log  # epoch 1 is not trained again
-    last = torch.load(tmp_path / "checkpoints" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
-    assert last["trainer"]["iteration"] == 3 * last["trainer"]["epoch_length"]
+    assert f"Restored all variables from {checkpoints / f'checkpoint_epoch={killed_at}.pt'}" in log
+    assert f"Epoch: {killed_at}/{epochs}" not in log  # finished epochs are not trained again
+    assert f"Epoch: {killed_at + 1}/{epochs}" in log
+    last = torch.load(checkpoints / f"checkpoint_epoch={epochs}.pt", map_location="cpu", weights_only=True)
+    assert last["trainer"]["iteration"] == epochs * last["trainer"]["epoch_length"]
 
 
 def _free_port() -> int:
@@ -176,7 +185,7 @@ def test_training_logs_to_a_real_mlflow_server(mlflow_server, tmp_path):
     bundle_run(train_args(tmp_path, epochs=1) + ["--tracking", "mlflow", "--tracking_uri", mlflow_server])
     client, runs = mlflow_runs(mlflow_server)
     train_run = [r for r in runs if "train_loss" in r.data.metrics][0]
-    assert train_run.data.params["learning_rate"] == "0.001"
+    assert train_run.data.params["learning_rate"] == LEARNING_RATE
     assert "val_mean_dice" in {k for r in runs for k in r.data.metrics}
     assert not (tmp_path / "mlruns.db").exists()  # nothing went to the local default store
 
