@@ -10,7 +10,7 @@ from PIL import Image
 
 from bundle.data import group_id, make_split, paired_datalist, scan_images, split_datalist
 from bundle.image_io import ImageReadError, inspect_image, read_mask, read_rgb
-from tests.helpers import MONUSEG, TNBC, make_bad_image_folder
+from tests.helpers import MONUSEG, SHARED_DATA, TNBC, make_bad_image_folder
 
 GROUP_CASES = [
     ("TCGA-21-5784-01Z-00-DX1", "TCGA-21-5784"),
@@ -169,3 +169,14 @@ def test_make_split_on_crops():
     split = make_split(TNBC, mode="patient", num_folds=2, fold=0)
     assert len(split["train"]) == 1 and len(split["validation"]) == 1
     assert split["train"][0]["group"] != split["validation"][0]["group"]
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="full datasets (../shared/data) not present")
+def test_full_datasets_pair_and_split_by_patient():
+    monuseg = paired_datalist(SHARED_DATA / "monuseg" / "train")
+    assert len(monuseg.items) == 30 and not monuseg.skipped
+    assert read_mask(monuseg.items[0]["label"]).dtype == np.uint16
+    tnbc = paired_datalist(SHARED_DATA / "tnbc")
+    assert len(tnbc.items) == 37 and {i["group"] for i in tnbc.items} == {f"{p:02d}" for p in range(1, 9)}
+    train, val = split_datalist(tnbc.items, "patient", num_folds=4, fold=0)
+    assert not {d["group"] for d in train} & {d["group"] for d in val} and len(train) + len(val) == 37
