@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import pickle
 import warnings
@@ -11,7 +13,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-__all__ = ["find_last_checkpoint", "load_torch_file", "load_state_dict"]
+__all__ = ["find_last_checkpoint", "load_torch_file", "load_state_dict", "restore_best_metric"]
 PathLike = Union[str, os.PathLike]
 
 
@@ -66,3 +68,33 @@ def load_state_dict(path: PathLike, key: str = "model") -> Dict[str, torch.Tenso
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict or {{'{key}': state_dict}}")
     return state
+
+
+def restore_best_metric(saver: Any, history: PathLike, metric: str = "val_mean_dice", filename: str = "model.pt") -> Optional[float]:
+    """Give a best-model ``CheckpointSaver`` back its best score when training resumes.
+
+    Without this a resumed training forgets its best validation score and overwrites ``model.pt`` with the next,
+    possibly worse, model. The best score is read from the run's ``history.jsonl``
+    (:class:`bundle.tracking.TrainingHistory`), which records every validation, also those after the last
+    complete checkpoint: its maximum is the score of the ``model.pt`` on disk.
+
+    Returns:
+        the restored best score, or None when the history holds no value of ``metric``.
+    """
+    path = Path(history)
+    if not path.is_file():
+        return None
+    scores = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if record.get("event") == "epoch" and metric in record:
+            scores.append(float(record[metric]))
+    if not scores:
+        return None
+    best = max(scores)
+    saver.load_state_dict({"saved": [(best, filename)]})
+    logging.getLogger(__name__).info("resumed best-model tracking from %s: best %s %.4f", path, metric, best)
+    return best

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bundle.checkpoints import find_last_checkpoint, load_state_dict
+from bundle.checkpoints import find_last_checkpoint, load_state_dict, restore_best_metric
 from bundle.config_io import BUNDLE_ROOT
 
 
@@ -58,3 +58,23 @@ def test_shipped_model_loads_weights_only_into_the_configured_network():
     state = load_state_dict(BUNDLE_ROOT / "models" / "model.pt")
     assert net.load_state_dict(state, strict=True) is not None
     assert (BUNDLE_ROOT / "models" / "model.pt").stat().st_size < 100 * 1024 * 1024
+
+
+def test_restore_best_metric_into_a_monai_saver(tmp_path):
+    from monai.handlers import CheckpointSaver
+
+    saver = CheckpointSaver(
+        save_dir=str(tmp_path), save_dict={"model": torch.nn.Linear(2, 1)}, save_key_metric=True, key_metric_filename="model.pt"
+    )
+    history = tmp_path / "history.jsonl"
+    assert restore_best_metric(saver, history) is None  # no history yet
+    history.write_text(
+        '{"event": "iteration", "epoch": 1, "iteration": 1, "loss": 1.0}\n'
+        '{"event": "epoch", "epoch": 1, "val_mean_dice": 0.70}\n'
+        '{"event": "epoch", "epoch": 2}\n'
+        '{"event": "epoch", "epoch": 3, "val_mean_dice": 0.79}\n'
+        '{"event": "epoch", "epoch": 4, "val_mean_dice": 0.75}\n'
+        '{"event": "epo'  # cut short by a kill
+    )
+    assert restore_best_metric(saver, history) == pytest.approx(0.79)
+    assert saver._key_metric_checkpoint.state_dict()["saved"] == [(0.79, "model.pt")]

@@ -146,6 +146,7 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     assert f"Restored all variables from {checkpoints / f'checkpoint_epoch={killed_at}.pt'}" in log
     assert f"Epoch: {killed_at}/{epochs}" not in log  # finished epochs are not trained again
     assert f"Epoch: {killed_at + 1}/{epochs}" in log
+    assert "resumed best-model tracking from" in log  # a worse model does not replace the best one
     last = torch.load(checkpoints / f"checkpoint_epoch={epochs}.pt", map_location="cpu", weights_only=True)
     assert last["trainer"]["iteration"] == epochs * last["trainer"]["epoch_length"]
 
