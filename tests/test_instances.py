@@ -1,0 +1,87 @@
+"""Instance splitting (bundle.postprocess) and instance metrics (AJI, PQ, detection F1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bundle.image_io import read_mask
+from bundle.metrics import aggregated_jaccard_index, detection_f1, instance_overlaps, panoptic_quality
+from bundle.postprocess import binary_mask, split_instances
+from tests.helpers import MONUSEG
+
+
+def _disc(shape, centre, radius):
+    rr, cc = np.ogrid[: shape[0], : shape[1]]
+    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
+
+
+SPLIT_CASES = [
+    ([((20, 20), 8)], 1),
+    ([((20, 16), 8), ((20, 29), 8)], 2),  # two touching discs
+    ([((15, 15), 6), ((15, 45), 6), ((45, 30), 7)], 3),  # three separate nuclei
+    ([], 0),
+]
+
+
+@pytest.mark.parametrize("discs, n_instances", SPLIT_CASES)
+def test_split_instances_counts(discs, n_instances):
+    prob = np.zeros((64, 64), np.float32)
+    for centre, radius in discs:
+        prob[_disc(prob.shape, centre, radius)] = 0.9
+    labels = split_instances(prob)
+    assert labels.dtype == np.int32 and labels.shape == prob.shape
+    assert labels.max() == n_instances and len(np.unique(labels)) == n_instances + 1
+    assert ((labels > 0) == (prob > 0.5)).all()
+
+
+def test_binary_mask_removes_specks_fills_holes_and_checks_shape():
+    prob = np.zeros((1, 32, 32))
+    prob[0, 5:15, 5:15] = 1.0
+    prob[0, 9, 9] = 0.0  # hole
+    prob[0, 25, 25] = 1.0  # speck
+    mask = binary_mask(prob, min_size=10)
+    assert mask[9, 9] and not mask[25, 25] and mask.sum() == 100
+    with pytest.raises(ValueError, match=r"prob must be \(H, W\) or \(1, H, W\)"):
+        binary_mask(np.zeros((2, 4, 4)))
+
+
+def _shipped_instances():
+    return read_mask(sorted((MONUSEG / "masks").glob("*.png"))[0]).astype(np.int64)
+
+
+def test_split_instances_on_a_real_mask():
+    truth = _shipped_instances()
+    labels = split_instances((truth > 0).astype(np.float32), min_distance=4)
+    n_true = len(np.unique(truth)) - 1
+    assert 0.6 * n_true <= labels.max() <= 1.5 * n_true
+    assert aggregated_jaccard_index(truth, labels) > 0.6
+
+
+def test_metrics_of_identical_and_empty_maps():
+    truth = _shipped_instances()
+    assert aggregated_jaccard_index(truth, truth) == 1.0
+    assert panoptic_quality(truth, truth)["pq"] == pytest.approx(1.0)
+    assert detection_f1(truth, truth) == 1.0
+    empty = np.zeros_like(truth)
+    assert aggregated_jaccard_index(empty, empty) == 1.0 and panoptic_quality(empty, empty)["pq"] == 1.0
+    assert aggregated_jaccard_index(truth, empty) == 0.0
+    assert panoptic_quality(truth, empty)["pq"] == 0.0 and detection_f1(truth, empty) == 0.0
+    shifted = np.roll(truth, 1, axis=1)
+    assert 0.7 < aggregated_jaccard_index(truth, shifted) < 1.0
+
+
+def test_hand_computed_merge():
+    truth = np.array([[1, 1, 2, 2], [1, 1, 2, 2]])
+    pred = np.ones((2, 4), int) * 7  # one prediction covering both nuclei, arbitrary id
+    o = instance_overlaps(truth, pred)
+    assert o["inter"].tolist() == [[4], [4]] and o["union"].tolist() == [[8], [8]]
+    assert aggregated_jaccard_index(truth, pred) == pytest.approx(8 / 16)
+    pq = panoptic_quality(truth, pred)
+    assert (pq["tp"], pq["fp"], pq["fn"], pq["pq"]) == (0, 1, 2, 0.0)
+    assert detection_f1(truth, pred) == pytest.approx(2 / 3)  # centroid (0.5, 1.5) lies in one nucleus
+
+
+def test_instance_shape_mismatch():
+    with pytest.raises(ValueError, match="differs from truth shape"):
+        instance_overlaps(np.zeros((2, 3)), np.zeros((3, 2)))
