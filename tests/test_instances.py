@@ -85,3 +85,21 @@ def test_hand_computed_merge():
 def test_instance_shape_mismatch():
     with pytest.raises(ValueError, match="differs from truth shape"):
         instance_overlaps(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+def test_evaluate_instances_script_on_crops(tmp_path):
+    import json
+
+    import torch
+
+    from bundle.config_io import load_config
+    from scripts.evaluate_instances import main
+
+    net = load_config("inference").get_parsed_content("network_def")
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    out = tmp_path / "instances.json"
+    assert main(["--dataset_dir", str(MONUSEG), "--val_fraction", "0.5", "--model", str(tmp_path / "model.pt"), "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["images"]) == 2
+    for key in ("aji", "pq", "dq", "sq", "f1"):
+        assert 0.0 <= result["mean"][key] <= 1.0
