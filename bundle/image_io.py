@@ -78,7 +78,12 @@ def inspect_image(path: PathLike, warn: bool = True) -> ImageInfo:
     """
     path = Path(path)
     with _open_fully(path) as im:
-        mode, width, height = im.mode, im.width, im.height
+        return _check_mode(path, im, warn)
+
+
+def _check_mode(path: Path, im: Image.Image, warn: bool) -> ImageInfo:
+    """The rules of :func:`inspect_image` applied to an opened image."""
+    mode, width, height = im.mode, im.width, im.height
     if mode in _REFUSED_MODES:
         raise ImageReadError(
             f"{path}: {mode} image (16-bit or floating point) is not supported; convert it to 8-bit RGB first"
@@ -94,8 +99,8 @@ def inspect_image(path: PathLike, warn: bool = True) -> ImageInfo:
 def read_rgb(path: PathLike) -> np.ndarray:
     """Read an H&E image as RGB uint8 (H, W, 3), with the checks and conversions of :func:`inspect_image`."""
     path = Path(path)
-    inspect_image(path, warn=False)
     with _open_fully(path) as im:
+        _check_mode(path, im, warn=False)
         return np.asarray(im.convert("RGB"))
 
 

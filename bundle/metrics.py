@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Union
 import numpy as np
 import torch
 from monai.utils import min_version, optional_import
+from scipy import ndimage
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -171,8 +172,6 @@ def panoptic_quality(true: Any, pred: Any, iou_threshold: float = 0.5) -> Dict[s
 def detection_f1(true: Any, pred: Any) -> float:
     """Object-level detection F1: a predicted nucleus detects the true nucleus that contains its centroid
     (each true nucleus detected at most once). 1.0 when both maps are empty."""
-    from scipy import ndimage
-
     t, p = _relabel(np.asarray(true)), _relabel(np.asarray(pred))
     n, m = int(t.max()), int(p.max())
     if n == 0 and m == 0:

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.config_io import BUNDLE_ROOT  # noqa: E402
@@ -77,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for v in variants:
         summary = Path(args.output_dir) / v / "eval" / "metrics_summary.json"
         results[v] = {
-            "parameters": sum(p.numel() for p in build(v, __import__("torch").device("cpu")).parameters() if p.requires_grad),
+            "parameters": sum(p.numel() for p in build(v, torch.device("cpu")).parameters() if p.requires_grad),
             "train_rc": train_codes.get(v),
             "eval_rc": eval_codes.get(v),
             **(json.loads(summary.read_text()) if summary.is_file() else {}),
