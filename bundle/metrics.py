@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 METRIC_NAMES = ("dice", "iou", "precision", "recall")
+INSTANCE_METRIC_NAMES = ("aji", "pq", "dq", "sq", "f1")
 logger = logging.getLogger(__name__)
 
 
@@ -90,6 +91,9 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> Dict[str, float]:
     summary = {f"mean_{name}": float(np.mean([r[name] for r in rows])) for name in METRIC_NAMES}
     pooled = {k: sum(int(r[k]) for r in rows) for k in ("tp", "fp", "fn", "tn")}
     summary.update({f"pooled_{k}": v for k, v in scores_from_counts(pooled).items()})
+    for name in INSTANCE_METRIC_NAMES:
+        if all(name in r for r in rows):
+            summary[f"mean_{name}"] = float(np.mean([r[name] for r in rows]))
     summary["num_images"] = len(rows)
     return summary
 
@@ -194,13 +198,27 @@ class SegmentationReport:
         pred_key: batch key of the binary prediction (B, 1, H, W).
         label_key: batch key of the truth (B, 1, H, W).
         prefix: prefix of the names put in ``engine.state.metrics``.
+        instances: also compute AJI, PQ (DQ, SQ) and detection F1: predicted nuclei are split by
+            :func:`bundle.postprocess.split_instances`, true nuclei are read from the label's file (instance ids;
+            a binary mask is split into connected components).
+        min_distance: ``split_instances``'s smallest distance between nucleus centres.
     """
 
-    def __init__(self, output_dir: Union[str, os.PathLike], pred_key: str = "pred", label_key: str = "label", prefix: str = ""):
+    def __init__(
+        self,
+        output_dir: Union[str, os.PathLike],
+        pred_key: str = "pred",
+        label_key: str = "label",
+        prefix: str = "",
+        instances: bool = False,
+        min_distance: int = 4,
+    ):
         self.output_dir = Path(output_dir)
         self.pred_key = pred_key
         self.label_key = label_key
         self.prefix = prefix
+        self.instances = instances
+        self.min_distance = min_distance
         self.rows: List[Dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -219,7 +237,25 @@ class SegmentationReport:
             meta = getattr(pred, "meta", {}) or {}
             name = meta.get("filename_or_obj", f"image_{len(self.rows)}")
             counts = confusion_counts(pred, label)
-            self.rows.append({"image": Path(str(name)).name, **counts, **scores_from_counts(counts)})
+            row = {"image": Path(str(name)).name, **counts, **scores_from_counts(counts)}
+            if self.instances:
+                row.update(self._instance_scores(pred, label))
+            self.rows.append(row)
+
+    def _instance_scores(self, pred: Any, label: Any) -> Dict[str, float]:
+        from bundle.image_io import read_mask
+        from bundle.postprocess import split_instances
+
+        pred_np = torch.as_tensor(pred).detach().cpu().numpy().reshape(np.shape(pred)[-2:])
+        pred_inst = split_instances(pred_np, min_distance=self.min_distance)
+        source = (getattr(label, "meta", {}) or {}).get("filename_or_obj")
+        truth = read_mask(str(source)).astype(np.int64) if source else np.asarray(torch.as_tensor(label).cpu()).reshape(pred_inst.shape)
+        if truth.shape != pred_inst.shape:
+            raise ValueError(f"{source}: truth {truth.shape} and prediction {pred_inst.shape} differ in size")
+        if len(np.unique(truth)) <= 2:  # binary truth: connected components
+            truth, _ = ndimage.label(truth > 0)
+        pq = panoptic_quality(truth, pred_inst)
+        return {"aji": aggregated_jaccard_index(truth, pred_inst), "pq": pq["pq"], "dq": pq["dq"], "sq": pq["sq"], "f1": detection_f1(truth, pred_inst)}
 
     def _write(self, engine: Engine) -> None:
         summary = summarize(self.rows)
@@ -238,3 +274,6 @@ class SegmentationReport:
             summary["num_images"], summary["mean_dice"], summary["mean_iou"], summary["mean_precision"],
             summary["mean_recall"], summary["pooled_dice"], self.output_dir / "metrics.csv",
         )
+        if "mean_aji" in summary:
+            logger.info("instances: mean AJI %.4f, PQ %.4f (DQ %.4f, SQ %.4f), detection F1 %.4f",
+                        summary["mean_aji"], summary["mean_pq"], summary["mean_dq"], summary["mean_sq"], summary["mean_f1"])

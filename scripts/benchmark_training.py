@@ -32,9 +32,23 @@ VARIANTS = {
 BASELINE = "basicunet"
 
 
-def build(variant: str, device: torch.device) -> torch.nn.Module:
+def width_overrides(variant: str, width: Optional[int]) -> Dict[str, object]:
+    """Config overrides that scale ``variant`` to first-level width ``width`` (``None``: the configs' own sizes).
+
+    GRU-Net variants get ``features=width`` and 2 CDRB units (the ``light`` network of ``model_summary.py`` at
+    16); BasicUNet gets features ``width * (1, 2, 4, 8, 16, 1)``, its own 32-512 scaled the same way.
+    """
+    if width is None:
+        return {}
+    if variant == BASELINE:
+        return {"network_def#features": [width * m for m in (1, 2, 4, 8, 16, 1)]}
+    return {"network_def#features": width, "network_def#cdrb_units": 2}
+
+
+def build(variant: str, device: torch.device, width: Optional[int] = None) -> torch.nn.Module:
     overlays = [str(BUNDLE_ROOT / p) for p in VARIANTS[variant]]
-    return load_config(["train", *overlays]).get_parsed_content("network_def").to(device)
+    parser = load_config(["train", *overlays], overrides=width_overrides(variant, width))
+    return parser.get_parsed_content("network_def").to(device)
 
 
 def _sync(device: torch.device) -> None:
@@ -78,6 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    parser.add_argument("--width", type=int, default=None, help="scale every network to this first-level width")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     amp = device.type == "cuda" and not args.no_amp
@@ -88,11 +103,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if BASELINE not in names:
         names.append(BASELINE)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {name}, batch {args.batch} x {args.size}x{args.size}, amp {amp}")
+    print(f"torch {torch.__version__}, {name}, batch {args.batch} x {args.size}x{args.size}, amp {amp}, width {args.width or 'config'}")
     results: Dict[str, Dict[str, float]] = {}
     for variant in names:
         torch.manual_seed(0)
-        net = build(variant, device)
+        net = build(variant, device, args.width)
         results[variant] = {"params": count_parameters(net), "pps": measure(net, device, args.batch, args.size, args.warmup, args.iters, amp)}
         del net
         if device.type == "cuda":

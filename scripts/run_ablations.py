@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.config_io import BUNDLE_ROOT  # noqa: E402
-from scripts.benchmark_training import VARIANTS, build  # noqa: E402
+from scripts.benchmark_training import VARIANTS, build, width_overrides  # noqa: E402
 
 META = ["--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf"]
 
@@ -38,6 +38,7 @@ def _launch(variant: str, stage: str, args: argparse.Namespace) -> subprocess.Po
     out.mkdir(parents=True, exist_ok=True)
     common = [*META, "--dataset_dir", args.dataset_dir, "--ckpt_dir", str(out / "models"), "--epochs", str(args.epochs)]
     common += [f"--{k}={v}" for k, v in (o.split("=", 1) for o in args.override)]
+    common += [f"--{k}={json.dumps(v)}" for k, v in width_overrides(variant, args.width).items()]
     if stage == "train":
         cmd = ["training", "--config_file", _config_list(variant, []), "--output_dir", str(out), "--val_interval", str(args.val_interval)]
     else:
@@ -69,6 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--val_interval", type=int, default=5)
     parser.add_argument("--parallel", type=int, default=1, help="variants trained at once")
     parser.add_argument("--override", action="append", default=[], help="config id=value, repeatable")
+    parser.add_argument("--width", type=int, default=None, help="scale every network to this first-level width (CPU budgets)")
     args = parser.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
     t0 = time.time()
@@ -79,13 +81,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     for v in variants:
         summary = Path(args.output_dir) / v / "eval" / "metrics_summary.json"
         results[v] = {
-            "parameters": sum(p.numel() for p in build(v, torch.device("cpu")).parameters() if p.requires_grad),
+            "parameters": sum(p.numel() for p in build(v, torch.device("cpu"), args.width).parameters() if p.requires_grad),
             "train_rc": train_codes.get(v),
             "eval_rc": eval_codes.get(v),
             **(json.loads(summary.read_text()) if summary.is_file() else {}),
         }
-    Path(args.output_dir, "ablations.json").write_text(json.dumps({"epochs": args.epochs, "overrides": args.override, "results": results}, indent=2))
-    print(f"{len(variants)} variants, {args.epochs} epochs each, {time.time() - t0:.0f} s")
+    Path(args.output_dir, "ablations.json").write_text(json.dumps({"epochs": args.epochs, "width": args.width, "overrides": args.override, "results": results}, indent=2))
+    print(f"{len(variants)} variants, {args.epochs} epochs each, width {args.width or 'config'}, {time.time() - t0:.0f} s")
     print("| variant | parameters | mean Dice | mean IoU | pooled Dice |")
     print("|---|---:|---:|---:|---:|")
     for v, r in results.items():

@@ -1,0 +1,229 @@
+"""Reading whole-slide images and plain images region by region, at a requested resolution, with tissue detection.
+
+:func:`open_source` opens a file as a :class:`SlideSource` (SVS, NDPI, MRXS, pyramidal or tiled TIFF and other
+formats OpenSlide reads, through MONAI's ``WSIReader`` with the OpenSlide backend) or an :class:`ImageSource`
+(PNG, JPEG, plain TIFF, held in memory). Both read level-0 regions resampled to the model's microns per pixel,
+and a low-resolution thumbnail built chunk by chunk, so memory stays bounded by the chunk size, not the slide.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+from bundle.image_io import ImageReadError, read_rgb
+
+__all__ = ["SlideReadError", "SlideSource", "ImageSource", "open_source", "tissue_mask", "SLIDE_SUFFIXES", "IMAGE_SUFFIXES"]
+logger = logging.getLogger(__name__)
+
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".svslide", ".bif", ".vms", ".vmu", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+THUMBNAIL_CHUNK = 4096  # level pixels read at once while building a thumbnail
+Image.MAX_IMAGE_PIXELS = None  # plain images are checked by size below, not by PIL's bomb guard
+
+
+class SlideReadError(ValueError):
+    """A slide or image cannot be used; the message names the file and the problem."""
+
+
+def _resize(rgb: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    """uint8 (h, w, 3) -> (shape[0], shape[1], 3); bilinear when enlarging, box filter when reducing."""
+    if rgb.shape[:2] == tuple(shape):
+        return rgb
+    enlarge = shape[0] * shape[1] > rgb.shape[0] * rgb.shape[1]
+    out = Image.fromarray(rgb).resize((shape[1], shape[0]), Image.BILINEAR if enlarge else Image.BOX)
+    return np.asarray(out)
+
+
+class _Source:
+    """Common part of slide and image sources: level-0 size and microns per pixel."""
+
+    path: Path
+    width: int
+    height: int
+    mpp: float
+    mpp_source: str
+
+    def read_region(self, x: int, y: int, w: int, h: int, out_shape: Tuple[int, int]) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def _level_for(self, downsample: float) -> Tuple[int, float]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def thumbnail(self, max_side: int = 2048) -> Tuple[np.ndarray, float]:
+        """RGB uint8 thumbnail no larger than ``max_side`` and its downsample from level 0.
+
+        Built from the pyramid level nearest below the thumbnail's resolution, ``THUMBNAIL_CHUNK`` pixels at a
+        time, so a single-level 100k x 100k slide costs no more memory than a pyramidal one.
+        """
+        down = max(self.width, self.height) / max_side if max(self.width, self.height) > max_side else 1.0
+        tw, th = max(1, round(self.width / down)), max(1, round(self.height / down))
+        level, level_down = self._level_for(down)
+        thumb = np.zeros((th, tw, 3), np.uint8)
+        step = THUMBNAIL_CHUNK * level_down  # level-0 pixels per chunk
+        ys = np.arange(0, self.height, step)
+        xs = np.arange(0, self.width, step)
+        for y0 in ys:
+            for x0 in xs:
+                w0, h0 = min(step, self.width - x0), min(step, self.height - y0)
+                tx0, ty0 = int(round(x0 / down)), int(round(y0 / down))
+                tx1, ty1 = min(tw, int(round((x0 + w0) / down))), min(th, int(round((y0 + h0) / down)))
+                if tx1 <= tx0 or ty1 <= ty0:
+                    continue
+                chunk = self._read_level(level, int(x0), int(y0), int(w0), int(h0))
+                thumb[ty0:ty1, tx0:tx1] = _resize(chunk, (ty1 - ty0, tx1 - tx0))
+        return thumb, down
+
+
+class SlideSource(_Source):
+    """A whole-slide image read through MONAI's ``WSIReader`` (OpenSlide backend).
+
+    Args:
+        path: the slide file.
+        mpp: microns per pixel of level 0; overrides the file's value. Required when the file has none.
+
+    Raises:
+        SlideReadError: missing, not a slide, unreadable, or without microns per pixel (and none given).
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], mpp: Optional[float] = None):
+        from monai.data import WSIReader
+
+        self.path = Path(path)
+        self.reader = WSIReader(backend="openslide")
+        try:
+            self.wsi = self.reader.read(str(self.path))
+        except Exception as e:  # OpenSlideUnsupportedFormatError, OpenSlideError, ...
+            raise SlideReadError(f"{self.path}: not a whole-slide image OpenSlide can read ({type(e).__name__}: {e})") from e
+        self.height, self.width = (int(v) for v in self.reader.get_size(self.wsi, 0))
+        self.levels = int(self.reader.get_level_count(self.wsi))
+        self.downsamples = [float(self.reader.get_downsample_ratio(self.wsi, lv)) for lv in range(self.levels)]
+        if mpp is not None:
+            self.mpp, self.mpp_source = float(mpp), "user"
+        else:
+            try:
+                self.mpp = float(self.reader.get_mpp(self.wsi, 0)[0])
+            except Exception:
+                raise SlideReadError(
+                    f"{self.path}: the slide has no microns-per-pixel metadata (openslide.mpp-x / TIFF resolution); "
+                    "pass its resolution explicitly, e.g. --mpp 0.25 for 40x or --mpp 0.5 for 20x"
+                ) from None
+            self.mpp_source = "file"
+        if not (0.01 < self.mpp < 100):
+            raise SlideReadError(f"{self.path}: implausible microns per pixel {self.mpp}; pass --mpp")
+
+    def _level_for(self, downsample: float) -> Tuple[int, float]:
+        """Deepest level whose downsample does not exceed ``downsample`` (level 0 at least)."""
+        level = max((lv for lv, d in enumerate(self.downsamples) if d <= downsample * 1.01), default=0)
+        return level, self.downsamples[level]
+
+    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """RGB uint8 (ceil(h / ds), ceil(w / ds), 3) of the level-0 box (x, y, w, h) at ``level``."""
+        ds = self.downsamples[level]
+        size = (max(1, math.ceil(h / ds)), max(1, math.ceil(w / ds)))
+        try:
+            data, _ = self.reader.get_data(self.wsi, location=(int(y), int(x)), size=size, level=level, mode="RGB")
+        except Exception as e:
+            raise SlideReadError(f"{self.path}: cannot read the region x={x} y={y} {w}x{h} at level {level} ({type(e).__name__}: {e}); the file may be truncated or corrupt") from e
+        return np.ascontiguousarray(np.moveaxis(np.asarray(data), 0, -1)[..., :3]).astype(np.uint8, copy=False)
+
+    def read_region(self, x: int, y: int, w: int, h: int, out_shape: Tuple[int, int]) -> np.ndarray:
+        """RGB uint8 ``out_shape + (3,)`` of the level-0 box (x, y, w, h), read from the best pyramid level."""
+        level, _ = self._level_for(min(w / out_shape[1], h / out_shape[0]))
+        return _resize(self._read_level(level, x, y, w, h), out_shape)
+
+
+class ImageSource(_Source):
+    """A plain image (PNG, JPEG, non-tiled TIFF) held in memory.
+
+    Args:
+        path: the image file.
+        mpp: microns per pixel; when ``None`` the model's resolution ``default_mpp`` is assumed, with a warning.
+        default_mpp: see ``mpp``.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], mpp: Optional[float] = None, default_mpp: float = 0.25):
+        self.path = Path(path)
+        try:
+            self.rgb = read_rgb(self.path)
+        except ImageReadError as e:
+            raise SlideReadError(str(e)) from e
+        self.height, self.width = self.rgb.shape[:2]
+        if mpp is not None:
+            self.mpp, self.mpp_source = float(mpp), "user"
+        else:
+            self.mpp, self.mpp_source = float(default_mpp), "assumed"
+            logger.warning("%s: no microns per pixel given; assuming %.3g um/px (40x). Pass --mpp if it differs.", self.path, default_mpp)
+
+    def _level_for(self, downsample: float) -> Tuple[int, float]:
+        return 0, 1.0
+
+    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        return self.rgb[y : y + h, x : x + w]
+
+    def read_region(self, x: int, y: int, w: int, h: int, out_shape: Tuple[int, int]) -> np.ndarray:
+        return _resize(np.ascontiguousarray(self.rgb[y : y + h, x : x + w]), out_shape)
+
+
+def open_source(path: Union[str, os.PathLike], mpp: Optional[float] = None, default_mpp: float = 0.25) -> _Source:
+    """Open ``path`` as a slide (formats OpenSlide reads) or a plain image.
+
+    Raises:
+        SlideReadError: the path does not exist, is not a file, or is neither a readable slide nor image.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise SlideReadError(f"{p}: no such file")
+    if not p.is_file():
+        raise SlideReadError(f"{p}: not a file")
+    if p.stat().st_size == 0:
+        raise SlideReadError(f"{p}: the file is empty")
+    suffix = p.suffix.lower()
+    if suffix in SLIDE_SUFFIXES:
+        import openslide
+
+        try:
+            fmt = openslide.OpenSlide.detect_format(str(p))
+        except Exception:
+            fmt = None
+        if fmt is not None:
+            return SlideSource(p, mpp)
+        if suffix not in IMAGE_SUFFIXES:
+            raise SlideReadError(f"{p}: not a whole-slide image OpenSlide can read (format not recognised)")
+    if suffix in IMAGE_SUFFIXES:
+        return ImageSource(p, mpp, default_mpp)
+    raise SlideReadError(f"{p}: unsupported file type {p.suffix!r}; expected a slide ({', '.join(SLIDE_SUFFIXES)}) or an image ({', '.join(IMAGE_SUFFIXES)})")
+
+
+def tissue_mask(thumb: np.ndarray, min_saturation: float = 0.05, min_size: int = 16) -> np.ndarray:
+    """Tissue (bool, same H x W) of an RGB thumbnail: saturation above Otsu's threshold (at least ``min_saturation``).
+
+    H&E tissue is coloured, glass and background are grey or white; a blank slide gives an empty mask.
+    """
+    rgb = thumb.astype(np.float32) / 255.0
+    mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
+    sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
+    sat = ndimage.uniform_filter(sat, 3)
+    thr = min_saturation
+    if sat.max() - sat.min() > 1e-3:
+        thr = max(thr, float(threshold_otsu(sat)) * 0.5)
+    mask = ndimage.binary_closing(sat > thr, iterations=2)
+    mask = ndimage.binary_fill_holes(mask)
+    labels, n = ndimage.label(mask)
+    if n:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = True
+        mask = ~small[labels]
+    return mask

@@ -1,0 +1,246 @@
+"""Whole-slide and large-image nucleus instance inference: measurements, slide reading, tiling, outputs, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from parameterized import parameterized
+from skimage.draw import disk
+
+from bundle.config_io import load_config
+from bundle.image_io import read_rgb
+from bundle.nuclei import CSV_COLUMNS, measure_nuclei, nucleus_feature, polygon_area
+from bundle.slide import ImageSource, SlideReadError, SlideSource, open_source, tissue_mask
+from bundle.slide_inference import NucleusSegmenter
+from tests.helpers import ROOT, SHARED_DATA, first_sample
+
+SAMPLE_RGB = read_rgb(first_sample())
+WHITE = 244
+
+
+def write_slide(path: Path, rgb: np.ndarray, mpp: float = 0.25, levels: int = 1, with_mpp: bool = True) -> Path:
+    """A tiled (pyramidal when ``levels`` > 1) TIFF that OpenSlide reads as a generic slide."""
+    res = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"} if with_mpp else {}
+    with tifffile.TiffWriter(path) as w:
+        for lv in range(levels):
+            step = 2**lv
+            level_res = {k: ((v[0] / step, v[1] / step) if k == "resolution" else v) for k, v in res.items()}
+            w.write(np.ascontiguousarray(rgb[::step, ::step]), tile=(128, 128), compression="zlib", photometric="rgb",
+                    subfiletype=1 if lv else 0, **level_res)
+    return path
+
+
+def mosaic() -> np.ndarray:
+    """512 x 768 slide: a real 256 x 256 H&E crop in the middle of white glass."""
+    img = np.full((512, 768, 3), WHITE, np.uint8)
+    img[128:384, 256:512] = SAMPLE_RGB
+    return img
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> NucleusSegmenter:
+    config = load_config("inference")
+    return NucleusSegmenter(
+        config.get_parsed_content("network_def"), config.get_parsed_content("inferer"),
+        checkpoint=ROOT / "models" / "model.pt", tile_size=256, margin=64, progress=False,
+    )
+
+
+# -- measurements ------------------------------------------------------------------------------------------------
+TWO_DISCS = np.zeros((64, 96), np.int32)
+TWO_DISCS[disk((20, 20), 8)] = 1
+TWO_DISCS[disk((40, 70), 12)] = 2
+
+
+@parameterized.expand([
+    # model_mpp, level0_mpp, origin, keep, expected count
+    (0.25, 0.25, (0, 0), None, 2),
+    (0.25, 0.5, (100, 200), None, 2),
+    (0.25, 0.25, (0, 0), (0, 0, 32, 48), 1),
+])
+def test_measure_nuclei(model_mpp, level0_mpp, origin, keep, expected):
+    rgb = np.full(TWO_DISCS.shape + (3,), 200, np.uint8)
+    nuclei = measure_nuclei(TWO_DISCS, rgb, model_mpp, level0_mpp, origin=origin, keep=keep)
+    assert len(nuclei) == expected
+    scale = model_mpp / level0_mpp
+    first = nuclei[0]
+    assert first.area_um2 == pytest.approx(np.pi * 8**2 * model_mpp**2, rel=0.1)
+    assert first.area_px == pytest.approx(first.area_um2 / level0_mpp**2)
+    assert first.centroid[0] == pytest.approx(origin[0] + 20.5 * scale, abs=0.5)
+    assert first.centroid[1] == pytest.approx(origin[1] + 20.5 * scale, abs=0.5)
+    assert polygon_area(first.polygon) == pytest.approx(first.area_px, rel=0.15)
+    assert 0 <= first.eccentricity < 0.3 and 0.9 < first.solidity <= 1.0
+
+
+def test_geojson_feature_is_a_closed_qupath_detection():
+    nucleus = measure_nuclei(TWO_DISCS, np.full(TWO_DISCS.shape + (3,), 128, np.uint8), 0.25, 0.25)[1]
+    nucleus.id = 7
+    feature = json.loads(json.dumps(nucleus_feature(nucleus)))
+    ring = feature["geometry"]["coordinates"][0]
+    assert feature["geometry"]["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) >= 5
+    assert feature["properties"]["objectType"] == "detection"
+    assert feature["properties"]["classification"]["name"] == "Nucleus"
+    assert set(feature["properties"]["measurements"]) == set(CSV_COLUMNS) - {"id", "centroid_x", "centroid_y"}
+
+
+@parameterized.expand([("blank", np.full((128, 128, 3), WHITE, np.uint8), 0.0, 0.0), ("tissue", SAMPLE_RGB, 0.9, 1.0)])
+def test_tissue_mask(_, rgb, low, high):
+    assert low <= tissue_mask(rgb).mean() <= high
+
+
+# -- reading -----------------------------------------------------------------------------------------------------
+def test_slide_source_reads_regions_at_the_model_resolution(tmp_path):
+    slide = SlideSource(write_slide(tmp_path / "s.tif", mosaic(), mpp=0.5, levels=2))
+    assert (slide.width, slide.height, slide.mpp, slide.mpp_source) == (768, 512, 0.5, "file")
+    region = slide.read_region(256, 128, 256, 256, (512, 512))  # 0.5 -> 0.25 um/px
+    assert region.shape == (512, 512, 3) and region.dtype == np.uint8
+    assert np.abs(region[::2, ::2].astype(int) - SAMPLE_RGB.astype(int)).mean() < 12
+    thumb, down = slide.thumbnail(192)
+    assert thumb.shape == (128, 192, 3) and down == 4.0
+
+
+def make_bad_path(kind: str, folder: Path) -> Path:
+    contents = {"empty.svs": b"", "notes.svs": b"not a slide", "notes.txt": b"x"}
+    if kind == "folder":
+        return folder
+    path = folder / kind
+    if kind in contents:
+        path.write_bytes(contents[kind])
+    return path
+
+
+@parameterized.expand([
+    ("nope.svs", "no such file"),
+    ("empty.svs", "empty"),
+    ("notes.svs", "not a whole-slide image"),
+    ("notes.txt", "unsupported file type"),
+    ("folder", "not a file"),
+])
+def test_open_source_rejects_bad_paths(kind, message):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make_bad_path(kind, Path(tmp))
+        with pytest.raises(SlideReadError, match=message):
+            open_source(path)
+
+
+def test_slide_without_mpp_is_refused_unless_given(tmp_path):
+    path = write_slide(tmp_path / "nompp.tif", mosaic(), with_mpp=False)
+    with pytest.raises(SlideReadError, match="no microns-per-pixel metadata.*--mpp"):
+        open_source(path)
+    assert open_source(path, mpp=0.25).mpp_source == "user"
+    assert isinstance(open_source(first_sample()), ImageSource)
+
+
+# -- segmenting --------------------------------------------------------------------------------------------------
+def read_outputs(folder: Path, stem: str):
+    summary = json.loads((folder / stem / f"{stem}_summary.json").read_text())
+    geo = json.loads((folder / stem / f"{stem}.geojson").read_text())
+    with open(folder / stem / f"{stem}_nuclei.csv") as f:
+        rows = list(csv.DictReader(f))
+    labels = tifffile.imread(folder / stem / f"{stem}_instances.tif")
+    return summary, geo, rows, labels
+
+
+def test_slide_outputs_agree(segmenter, tmp_path):
+    glass = np.full((512, 256, 3), WHITE, np.uint8)
+    path = write_slide(tmp_path / "slide.tif", np.concatenate([mosaic(), glass], axis=1), mpp=0.25, levels=2)
+    segmenter.segment(path, tmp_path / "out")
+    summary, geo, rows, labels = read_outputs(tmp_path / "out", "slide")
+    n = summary["nucleus_count"]
+    assert n > 15, "the crop holds dozens of nuclei"
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == len(rows) == n
+    assert labels.shape == (512, 1024) and labels.dtype == np.uint32
+    assert len(np.unique(labels[labels > 0])) >= n - 2  # tiny polygons may rasterise to nothing
+    assert summary["tiles_skipped_background"] > 0, "tiles of white glass are skipped"
+    xs = np.array([float(r["centroid_x"]) for r in rows])
+    ys = np.array([float(r["centroid_y"]) for r in rows])
+    assert xs.min() >= 250 and xs.max() <= 518 and ys.min() >= 122 and ys.max() <= 390, "nuclei lie on the tissue"
+    assert summary["mpp_source"] == "file" and summary["nuclei_per_mm2_tissue"] > 0
+    assert (tmp_path / "out" / "slide" / "slide_thumbnail.png").is_file()
+
+
+def test_tiles_merge_without_duplicates(segmenter, tmp_path):
+    """The same image in one tile and in 64-pixel tiles: the same nuclei, none twice."""
+    path = tmp_path / "crop.png"
+    path.write_bytes(first_sample().read_bytes())
+    whole = segmenter.segment(path, tmp_path / "whole")
+    segmenter.tile_size, segmenter.margin = 64, 48
+    try:
+        tiled = segmenter.segment(path, tmp_path / "tiled")
+    finally:
+        segmenter.tile_size, segmenter.margin = 256, 64
+    assert tiled["tiles"] == 16
+    _, _, rows, _ = read_outputs(tmp_path / "tiled", "crop")
+    centres = np.array([[float(r["centroid_x"]), float(r["centroid_y"])] for r in rows])
+    dist = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(-1)) + np.eye(len(centres)) * 1e9
+    assert dist.min() > 2.0, "no nucleus reported twice"
+    assert abs(tiled["nucleus_count"] - whole["nucleus_count"]) <= max(2, 0.1 * whole["nucleus_count"])
+
+
+def test_blank_slide_gives_empty_outputs_and_a_clear_summary(segmenter, tmp_path):
+    path = write_slide(tmp_path / "blank.tif", np.full((300, 400, 3), WHITE, np.uint8))
+    report = segmenter.run(path, tmp_path / "out")
+    summary, geo, rows, labels = read_outputs(tmp_path / "out", "blank")
+    assert report["skipped"] == [] and summary["nucleus_count"] == 0 and summary["message"] == "no tissue detected"
+    assert summary["tiles_processed"] == 0 and geo["features"] == [] and rows == [] and not labels.any()
+
+
+def test_batch_skips_bad_slides_and_keeps_the_good(segmenter, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = write_slide(folder / "good.tif", mosaic()[96:416, 224:544])
+    data = good.read_bytes()
+    (folder / "truncated.tif").write_bytes(data[: len(data) // 2])
+    (folder / "fake.svs").write_text("not a slide")
+    write_slide(folder / "nompp.tif", mosaic()[:64, :64], with_mpp=False)
+    report = segmenter.run(folder, tmp_path / "out")
+    assert [Path(s["input"]).name for s in report["written"]] == ["good.tif"]
+    reasons = {Path(s["input"]).name: s["reason"] for s in report["skipped"]}
+    assert set(reasons) == {"truncated.tif", "fake.svs", "nompp.tif"}
+    assert all(name in reason for name, reason in reasons.items()), "each reason names its file"
+    assert "microns-per-pixel" in reasons["nompp.tif"]
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["skipped"]
+
+
+def run_cli(*args, cwd=ROOT):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, "scripts/segment_slides.py", *map(str, args), "--no_progress"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_cli(tmp_path):
+    missing = run_cli(tmp_path / "missing.svs", "-o", tmp_path / "o")
+    assert missing.returncode == 2 and "missing.svs: no such file" in missing.stderr and "Traceback" not in missing.stderr
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_slide(folder / "nompp.tif", mosaic()[128:384, 256:512], with_mpp=False)
+    refused = run_cli(folder, "-o", tmp_path / "o")
+    assert refused.returncode == 2 and "microns-per-pixel" in refused.stderr
+    done = run_cli(folder, "-o", tmp_path / "o", "--mpp", "0.25")
+    assert done.returncode == 0, done.stderr
+    assert "nuclei" in done.stdout and (tmp_path / "o" / "nompp" / "nompp.geojson").is_file()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "wsi" / "CMU-1-Small-Region.svs").is_file(), reason="needs ../shared/data/wsi")
+def test_real_svs_region(segmenter, tmp_path):
+    """The Aperio SVS (0.499 um/px): MPP read from the file, a 20x region resampled to the model's 40x."""
+    slide = open_source(SHARED_DATA / "wsi" / "CMU-1-Small-Region.svs")
+    assert slide.mpp_source == "file" and slide.mpp == pytest.approx(0.499)
+    rgb = slide.read_region(1000, 1000, 128, 128, (256, 256))
+    path = tmp_path / "region.png"
+    from PIL import Image
+
+    Image.fromarray(rgb).save(path)
+    segmenter.segment(path, tmp_path / "out", mpp=0.2495)
+    summary, geo, rows, _ = read_outputs(tmp_path / "out", "region")
+    assert summary["nucleus_count"] > 5 and len(geo["features"]) == len(rows)
