@@ -157,7 +157,7 @@ class NucleusSegmenter:
         thumb_mpp = source.mpp * thumb_down
         grid = _TileGrid(mw, mh, self.tile_size, self.margin)
         nuclei: List[Nucleus] = []
-        processed = skipped = 0
+        processed = skipped = processed_px = 0
         bar = tqdm(grid, total=len(grid), desc=source.path.name, unit="tile", disable=not self.progress, leave=False)
         for core, read in bar:
             if not self._has_tissue(tissue, core, 1.0 / (scale * thumb_down)):
@@ -173,6 +173,7 @@ class NucleusSegmenter:
             keep = (core[1] - oy, core[0] - ox, core[3] - oy, core[2] - ox)
             nuclei += measure_nuclei(labels, rgb, self.model_mpp, source.mpp, origin=(lx0, ly0), keep=keep)
             processed += 1
+            processed_px += (core[2] - core[0]) * (core[3] - core[1])
         bar.close()
         for i, n in enumerate(nuclei, start=1):
             n.id = i
@@ -203,6 +204,8 @@ class NucleusSegmenter:
             "seconds": round(seconds, 2),
             "megapixels_level0": round(source.width * source.height / 1e6, 3),
             "mpx_per_s_level0": round(source.width * source.height / 1e6 / seconds, 4),
+            "megapixels_processed_model": round(processed_px / 1e6, 3),
+            "mpx_per_s_processed_model": round(processed_px / 1e6 / seconds, 4),
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "device": str(self.device),
             "files": {k: str(v) for k, v in files.items()},
