@@ -244,3 +244,17 @@ def test_real_svs_region(segmenter, tmp_path):
     segmenter.segment(path, tmp_path / "out", mpp=0.2495)
     summary, geo, rows, _ = read_outputs(tmp_path / "out", "region")
     assert summary["nucleus_count"] > 5 and len(geo["features"]) == len(rows)
+
+
+def test_bundle_config_runs_whole_slide_inference(tmp_path):
+    """``python -m monai.bundle run`` with ``configs/inference_wsi.json`` over ``configs/inference.json``."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "['configs/inference.json','configs/inference_wsi.json']",
+           "--meta_file", "configs/metadata.json", "--input_path", str(first_sample()), "--output_dir", str(tmp_path),
+           "--mpp", "0.25", "--progress", "false"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stem = first_sample().stem
+    summary = json.loads((tmp_path / stem / f"{stem}_summary.json").read_text())
+    assert summary["mpp_source"] == "user" and summary["nucleus_count"] > 10
+    assert json.loads((tmp_path / "report.json").read_text())["skipped"] == []
