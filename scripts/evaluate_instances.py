@@ -1,16 +1,20 @@
 """Instance metrics (AJI, PQ, DQ, SQ, detection F1) of the bundle's model on a split of a dataset.
 
     python scripts/evaluate_instances.py --dataset_dir <monuseg>/train --output runs/instances.json
+    python scripts/evaluate_instances.py --dataset_dir <monuseg>/train --split train --min_distance 4,8,12 --sigma 1,2
 
 Uses ``configs/inference.json`` (network, weights, pre-processing, sliding-window inferer) for the probability
 map and :func:`bundle.postprocess.split_instances` for the instances; the validation split is the training
-config's (``--split_mode``, ``--val_fraction``, ``--seed``). Truth instances come from the masks (MoNuSeg:
+config's (``--split_mode``, ``--val_fraction``, ``--seed``). Comma lists of ``--min_distance``, ``--sigma`` and
+``--threshold`` score every combination on the same probability maps (tune on ``--split train``, report on
+``validation``); ``--output`` holds the best one (by AJI) with its per-image values. Truth instances come from the masks (MoNuSeg:
 instance ids; binary masks are split into connected components).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -31,14 +35,22 @@ from bundle.metrics import aggregated_jaccard_index, detection_f1, panoptic_qual
 from bundle.postprocess import split_instances  # noqa: E402
 
 
+def _grid(text: str, kind: type) -> List:
+    return [kind(v) for v in text.split(",") if v.strip()]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset_dir", required=True)
+    parser.add_argument("--split", default="validation", choices=["train", "validation"], help="which part of the split to score")
     parser.add_argument("--split_mode", default="random")
     parser.add_argument("--val_fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None, help="checkpoint (default: the config's models/model.pt)")
-    parser.add_argument("--min_distance", type=int, default=4)
+    parser.add_argument("--min_distance", default="4", help="comma list: a grid of watershed settings is scored")
+    parser.add_argument("--sigma", default="1.0", help="comma list")
+    parser.add_argument("--threshold", default="0.5", help="comma list")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N images of the split")
     parser.add_argument("--output", default=None, help="JSON file for per-image and mean values")
     args = parser.parse_args(argv)
 
@@ -48,27 +60,39 @@ def main(argv: Optional[List[str]] = None) -> int:
     net.load_state_dict(load_state_dict(args.model or Path(config.get_parsed_content("ckpt_dir")) / "model.pt"))
     preprocess = config.get_parsed_content("preprocessing")
     inferer = config.get_parsed_content("inferer")
-    items = make_split(args.dataset_dir, args.split_mode, args.val_fraction, seed=args.seed)["validation"]
-    rows = []
+    items = make_split(args.dataset_dir, args.split_mode, args.val_fraction, seed=args.seed)[args.split][: args.limit]
+    maps = []
     for item in items:
         t0 = time.perf_counter()
         image = preprocess({"image": item["image"]})["image"].unsqueeze(0).to(device)
         with torch.no_grad():
             prob = torch.sigmoid(inferer(image, net))[0, 0].float().cpu().numpy()
-        pred = split_instances(prob, min_distance=args.min_distance)
         truth = read_mask(item["label"]).astype(np.int64)
         if len(np.unique(truth)) <= 2:  # binary truth: connected components
             truth, _ = ndimage.label(truth > 0)
-        pq = panoptic_quality(truth, pred)
-        rows.append({"image": Path(item["image"]).name, "aji": aggregated_jaccard_index(truth, pred), "pq": pq["pq"],
-                     "dq": pq["dq"], "sq": pq["sq"], "f1": detection_f1(truth, pred), "n_true": int(truth.max()),
-                     "n_pred": int(pred.max()), "seconds": time.perf_counter() - t0})
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}), flush=True)
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("aji", "pq", "dq", "sq", "f1")}
-    print("mean " + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()) + f" over {len(rows)} images")
+        maps.append((Path(item["image"]).name, prob, truth))
+        print(f"{maps[-1][0]}: probability map in {time.perf_counter() - t0:.1f} s", flush=True)
+    settings = list(itertools.product(_grid(args.min_distance, int), _grid(args.sigma, float), _grid(args.threshold, float)))
+    results = []
+    for min_distance, sigma, threshold in settings:
+        rows = []
+        for name, prob, truth in maps:
+            pred = split_instances(prob, threshold=threshold, min_distance=min_distance, sigma=sigma)
+            pq = panoptic_quality(truth, pred)
+            rows.append({"image": name, "aji": aggregated_jaccard_index(truth, pred), "pq": pq["pq"], "dq": pq["dq"], "sq": pq["sq"],
+                         "f1": detection_f1(truth, pred), "n_true": int(truth.max()), "n_pred": int(pred.max())})
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in ("aji", "pq", "dq", "sq", "f1")}
+        results.append({"min_distance": min_distance, "sigma": sigma, "threshold": threshold, "mean": mean, "images": rows})
+    print(f"{len(maps)} {args.split} images")
+    print("| min_distance | sigma | threshold | AJI | PQ | DQ | SQ | F1 |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in sorted(results, key=lambda r: -r["mean"]["aji"]):
+        m = r["mean"]
+        print(f"| {r['min_distance']} | {r['sigma']} | {r['threshold']} | {m['aji']:.4f} | {m['pq']:.4f} | {m['dq']:.4f} | {m['sq']:.4f} | {m['f1']:.4f} |")
+    best = max(results, key=lambda r: r["mean"]["aji"])
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps({"mean": mean, "images": rows}, indent=2))
+        Path(args.output).write_text(json.dumps({**best, "grid": [{k: v for k, v in r.items() if k != "images"} for r in results]}, indent=2))
     return 0
 
 

@@ -4,13 +4,13 @@
 #   scripts/setup_deploy_env.sh            # then: .venv-deploy/bin/python deploy/app.py -i <in> -o <out> -m models/model.ts
 #
 # Environment: PYTHON (default python3.11, else python3; 3.10-3.13 are supported by the SDK),
-# TORCH_INDEX_URL (default https://download.pytorch.org/whl/cpu; set it empty where pip already finds the
-# 2.13.0+cpu wheel, e.g. through find-links).
+# TORCH_INDEX_URL (an extra index for the 2.13.0+cpu wheel: set it to https://download.pytorch.org/whl/cpu
+# where pip does not already find that wheel, e.g. through find-links).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
-TORCH_INDEX_URL="${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}"
+TORCH_INDEX_URL="${TORCH_INDEX_URL:-}"
 VENV=.venv-deploy
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
