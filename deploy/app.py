@@ -69,8 +69,8 @@ def check_model(path: Path) -> Path:
     try:
         torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except (RuntimeError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AppInputError(f"{path}: not a TorchScript model ({first}); export one with scripts/export_model_ts.sh") from e
+        logger.debug("torch.jit.load(%s) failed: %s", path, e)
+        raise AppInputError(f"{path}: not a TorchScript model (a training checkpoint?); export one with scripts/export_model_ts.sh") from e
     missing = [k for k, v in extra.items() if not v]
     if missing:
         raise AppInputError(f"{path}: TorchScript model without {', '.join(missing)}; export it with monai.bundle ckpt_export (scripts/export_model_ts.sh)")
@@ -122,19 +122,21 @@ class NucleiSegApp(Application):
 
     def __init__(self, *args, **kwargs):
         self.report: Optional[RunReport] = None
+        self._resolved: Optional[Tuple[AppContext, List[Path], Path]] = None
         super().__init__(*args, **kwargs)
 
     def resolve(self) -> Tuple[AppContext, List[Path], Path]:
-        """The app context, the inputs and the model file, checked.
+        """The app context, the inputs and the model file, checked (once).
 
         Raises:
             AppInputError: see :func:`list_inputs`, :func:`check_output`, :func:`check_model`.
         """
-        context = Application.init_app_context(self.argv)
-        inputs = list_inputs(Path(context.input_path))
-        check_output(Path(context.output_path))
-        model = check_model(Path(context.model_path))
-        return context, inputs, model
+        if self._resolved is None:
+            context = Application.init_app_context(self.argv)
+            inputs = list_inputs(Path(context.input_path))
+            check_output(Path(context.output_path))
+            self._resolved = context, inputs, check_model(Path(context.model_path))
+        return self._resolved
 
     def compose(self):
         context, inputs, model = self.resolve()
@@ -178,7 +180,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except AppInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    app.run()
+    except OSError as e:  # the SDK's argument parser creates the output folder and lets this through
+        print(f"error: {e.filename}: cannot create the output folder ({e.strerror})", file=sys.stderr)
+        return 1
+    try:
+        app.run()
+    except RuntimeError as e:  # an operator failed unexpectedly; holoscan has logged where
+        print(f"error: the pipeline stopped ({str(e).strip().splitlines()[0] if str(e).strip() else 'RuntimeError'}); see the log above", file=sys.stderr)
+        return 1
     report = app.report
     if report is None or not report.written:
         reasons = "; ".join(s["reason"] for s in (report.skipped if report else []))

@@ -161,7 +161,7 @@ class InputLoaderOperator(Operator):
             op_output.emit(Path(path), "slide")
             return
         logger.info("%s: image %d x %d", path, source.width, source.height)
-        op_output.emit(Image(source.rgb, metadata={"original_channel_dim": -1}), "image")
+        op_output.emit(Image(source.rgb.copy(), metadata={"original_channel_dim": -1}), "image")
         op_output.emit(InputItem(Path(path), source.rgb, t0), "item")
 
 
