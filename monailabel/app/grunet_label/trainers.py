@@ -1,0 +1,57 @@
+"""Bundle training from the MONAI Label datastore, with a short-budget overlay on ``configs/train.json``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Sequence
+
+import monai.bundle
+from monai.bundle import ConfigParser
+
+from monailabel.tasks.train.bundle import BundleTrainTask
+
+__all__ = ["OVERLAY", "OverlayBundleTrainTask"]
+
+OVERLAY = os.path.join(os.path.dirname(__file__), "train_overlay.json")
+
+
+class OverlayBundleTrainTask(BundleTrainTask):
+    """:class:`BundleTrainTask` reading ``configs/train.json`` plus overlay configs (later files win).
+
+    MONAI Label overrides ``train#trainer#max_epochs``, ``train#dataset#data``, ``validate#dataset#data``,
+    ``train#handlers`` and ``device``; the overlay (``train_overlay.json``) validates every epoch so that the
+    best-metric saver writes ``models/model.pt`` even after one epoch, and drops the bundle's MLflow /
+    resume steps, whose inputs (``dataset_dir``, run folders) do not exist on a labelling server.
+
+    Args:
+        path: bundle directory.
+        conf: server ``--conf`` options.
+        overlays: config files applied over the bundle's train config.
+        kwargs: passed to :class:`BundleTrainTask`.
+    """
+
+    def __init__(self, path: str, conf: Dict[str, str], overlays: Sequence[str] = (OVERLAY,), **kwargs: Any) -> None:
+        self.overlays = [os.path.abspath(o) for o in overlays]
+        for overlay in self.overlays:
+            if not os.path.isfile(overlay):
+                raise FileNotFoundError(f"train overlay config not found: {overlay}")
+        super().__init__(path, conf, **kwargs)
+
+    def _config_files(self) -> List[str]:
+        return [self.bundle_config_path, *self.overlays]
+
+    def _load_bundle_config(self, path: str, config: str) -> ConfigParser:
+        bundle_config = ConfigParser()
+        bundle_config.read_config([config, *self.overlays])
+        bundle_config.config.update({self.const.key_bundle_root(): path})  # type: ignore[union-attr]
+        return bundle_config
+
+    def run_single_gpu(self, request: Dict[str, Any], overrides: Dict[str, Any]) -> None:
+        monai.bundle.run(
+            run_id=request.get("run_id", "run"),
+            init_id=None,
+            final_id=None,
+            meta_file=self.bundle_metadata_path,
+            config_file=self._config_files(),
+            **overrides,
+        )

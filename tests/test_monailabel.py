@@ -1,0 +1,256 @@
+"""MONAI Label server for the bundle, end to end over REST: a real server on 127.0.0.1, no mocks.
+
+Starts ``scripts/monailabel_server.sh`` (``.venv-label``, see ``scripts/setup_label_env.sh``) on a copy of the
+bundle and of the sample crops in a temporary folder, so training never touches the repository's
+``models/model.pt``. Skipped when ``.venv-label/bin/monailabel`` does not exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from tests.helpers import MONUSEG, ROOT
+
+requests = pytest.importorskip("requests")
+
+LABEL_VENV = ROOT / ".venv-label"
+pytestmark = pytest.mark.skipif(
+    not (LABEL_VENV / "bin" / "monailabel").exists(),
+    reason="MONAI Label environment missing: run scripts/setup_label_env.sh to create .venv-label",
+)
+
+MODEL = "pathology_nuclei_segmentation_grunet"
+POLYGONS = "grunet_nuclei"
+IMAGES = sorted((MONUSEG / "images").glob("*.png"))
+START_TIMEOUT_S = 180
+TRAIN_TIMEOUT_S = 300
+
+
+@dataclass
+class Server:
+    """A running MONAI Label server and the folders it works on."""
+
+    url: str
+    process: subprocess.Popen
+    bundle: Path
+    studies: Path
+    log: Path
+
+    def post(self, path: str, **kwargs) -> "requests.Response":
+        return requests.post(self.url + path, timeout=240, **kwargs)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def gt_mask(image: Path) -> np.ndarray:
+    return np.asarray(Image.open(MONUSEG / "masks" / image.name)) > 0
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
+
+
+def copy_bundle(dest: Path) -> Path:
+    """configs/, bundle/ and the weights (model.pt, text_prior.pt): what the server needs."""
+    for folder in ("configs", "bundle"):
+        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "models").mkdir()
+    for name in ("model.pt", "text_prior.pt"):
+        shutil.copy2(ROOT / "models" / name, dest / "models" / name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("monailabel")
+    bundle = copy_bundle(tmp / "bundle")
+    studies = tmp / "studies"
+    studies.mkdir()
+    for image in IMAGES:
+        shutil.copy2(image, studies / image.name)
+    log = tmp / "server.log"
+    port = free_port()
+    env = {
+        **os.environ,
+        "GRUNET_BUNDLE": str(bundle),
+        "GRUNET_LABEL_APP": str(tmp / "app"),
+        "OMP_NUM_THREADS": "1",
+        "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+    }
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [str(ROOT / "scripts" / "monailabel_server.sh"), str(studies), str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own process group: the training subprocess stops with it
+        )
+    srv = Server(f"http://127.0.0.1:{port}", process, bundle, studies, log)
+    try:
+        deadline = time.time() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"server exited with {process.returncode}:\n{srv.log_text()[-3000:]}")
+            try:
+                if requests.get(srv.url + "/info/", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"server not up after {START_TIMEOUT_S}s:\n{srv.log_text()[-3000:]}")
+            time.sleep(1)
+        yield srv
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+
+
+def infer_mask(server: Server, image_id: str) -> np.ndarray:
+    res = server.post(f"/infer/{MODEL}", params={"image": image_id, "output": "image"})
+    assert res.status_code == 200, res.text
+    return np.asarray(Image.open(io.BytesIO(res.content)))
+
+
+def test_info_lists_tasks(server: Server) -> None:
+    info = requests.get(server.url + "/info/", timeout=30).json()
+    assert {MODEL, POLYGONS} <= set(info["models"])
+    assert info["models"][POLYGONS]["pathology"] is True
+    assert MODEL in info["trainers"]
+    assert {"gdam_uncertainty", "random"} <= set(info["strategies"])
+
+
+def test_mask_inference_on_tile(server: Server) -> None:
+    image = IMAGES[0]
+    mask = infer_mask(server, image.stem)
+    assert mask.shape == Image.open(image).size[::-1]
+    assert set(np.unique(mask).tolist()) <= {0, 1}
+    assert dice(mask > 0, gt_mask(image)) > 0.6  # right orientation, real nuclei
+
+
+@pytest.mark.parametrize("output", ["asap", "dsa"])
+def test_polygons_on_tile(server: Server, output: str) -> None:
+    res = server.post(f"/infer/wsi_v2/{POLYGONS}", params={"image": IMAGES[0].stem, "output": output})
+    assert res.status_code == 200, res.text
+    if output == "asap":
+        polygons = ET.fromstring(res.content).findall(".//Annotation")
+        assert polygons and all(len(p.findall(".//Coordinate")) >= 3 for p in polygons)
+    else:
+        polygons = json.loads(res.content)["elements"]
+        assert polygons and all(p["type"] == "polyline" and len(p["points"]) >= 3 for p in polygons)
+
+
+def test_polygons_on_slide_region(server: Server, tmp_path: Path) -> None:
+    tiles = [np.asarray(Image.open(p).convert("RGB")) for p in IMAGES[:2]]
+    rgb = np.concatenate([np.concatenate(tiles, 1), np.concatenate(tiles[::-1], 1)], 0)  # 512 x 512
+    slide = tmp_path / "slide.tif"
+    tifffile.imwrite(slide, rgb, tile=(256, 256), photometric="rgb", compression="zlib")
+    wsi = {"level": 0, "location": [0, 0], "size": [512, 512], "tile_size": [256, 256], "min_poly_area": 0}
+    with open(slide, "rb") as fp:
+        res = server.post(
+            f"/infer/wsi_v2/{POLYGONS}",
+            params={"output": "asap"},
+            files={"file": ("slide.tif", fp)},
+            data={"wsi": json.dumps(wsi)},
+        )
+    assert res.status_code == 200, res.text
+    xy = [
+        (float(c.get("X")), float(c.get("Y")))
+        for c in ET.fromstring(res.content).findall(".//Coordinate")
+    ]
+    assert xy
+    xy = np.asarray(xy)
+    assert xy.min() >= 0 and xy.max() <= 512
+    assert (xy[:, 0] > 300).any() and (xy[:, 1] > 300).any()  # tiles placed at their level-0 offsets
+
+
+def test_gdam_uncertainty_strategy(server: Server) -> None:
+    res = server.post("/activelearning/gdam_uncertainty", json={"samples": 2})
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["id"] in {p.stem for p in IMAGES}
+    ranking = body["ranking"]
+    assert len(ranking) == len(IMAGES) and ranking[0][0] == body["id"]
+    assert all(0.0 <= s <= 0.25 for _, s in ranking) and ranking[0][1] > 0.0
+    res = server.post("/activelearning/gdam_uncertainty", json={"samples": 1})
+    assert res.status_code == 422 and "samples" in res.json()["detail"]
+
+
+@pytest.mark.parametrize("route", [f"/infer/{MODEL}", f"/infer/wsi_v2/{POLYGONS}"])
+def test_bad_requests_get_errors_and_server_keeps_serving(server: Server, route: str) -> None:
+    res = server.post(route, params={"image": "no_such_image"})
+    assert res.status_code == 404 and "no_such_image" in res.json()["detail"]
+    res = server.post(route, files={"file": ("corrupt.png", b"\x89PNG not really an image")})
+    assert res.status_code == 422 and "cannot read image" in res.json()["detail"]
+    assert requests.get(server.url + "/info/", timeout=30).status_code == 200
+
+
+def test_train_updates_model_and_next_inference(server: Server) -> None:
+    repo_weights = sha256(ROOT / "models" / "model.pt")
+    served = server.bundle / "models" / "model.pt"
+    before_weights = sha256(served)
+    before_mask = infer_mask(server, IMAGES[0].stem)
+
+    for image in IMAGES[:3]:
+        label = io.BytesIO()
+        Image.fromarray(gt_mask(image).astype(np.uint8)).save(label, format="PNG")
+        res = requests.put(
+            server.url + "/datastore/label",
+            params={"image": image.stem, "tag": "final"},
+            files={"label": (image.name, label.getvalue())},
+            timeout=60,
+        )
+        assert res.status_code == 200, res.text
+
+    res = server.post(f"/train/{MODEL}", json={"max_epochs": 1, "val_split": 0.34, "device": "cpu"})
+    assert res.status_code == 200, res.text
+    deadline = time.time() + TRAIN_TIMEOUT_S
+    status = {}
+    while time.time() < deadline:
+        status = requests.get(server.url + "/train/", timeout=30).json()
+        if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            break
+        time.sleep(2)
+    assert status.get("status") == "DONE", f"{status}\n{server.log_text()[-3000:]}"
+
+    assert sha256(served) != before_weights, "training did not write models/model.pt"
+    assert sha256(ROOT / "models" / "model.pt") == repo_weights
+    after_mask = infer_mask(server, IMAGES[0].stem)
+    assert after_mask.shape == before_mask.shape and set(np.unique(after_mask).tolist()) <= {0, 1}
+    assert (after_mask != before_mask).any(), "inference did not pick up the new weights"
+    assert "Reload model" in server.log_text()
+    # the labelled images leave the active-learning pool
+    res = server.post("/activelearning/gdam_uncertainty", json={"samples": 2})
+    assert res.status_code == 200 and res.json()["id"] == IMAGES[3].stem
