@@ -202,6 +202,7 @@ class SegmentationReport:
             :func:`bundle.postprocess.split_instances`, true nuclei are read from the label's file (instance ids;
             a binary mask is split into connected components).
         min_distance: ``split_instances``'s smallest distance between nucleus centres.
+        sigma: ``split_instances``'s smoothing of the distance map.
     """
 
     def __init__(
@@ -211,7 +212,8 @@ class SegmentationReport:
         label_key: str = "label",
         prefix: str = "",
         instances: bool = False,
-        min_distance: int = 4,
+        min_distance: int = 6,
+        sigma: float = 3.0,
     ):
         self.output_dir = Path(output_dir)
         self.pred_key = pred_key
@@ -219,6 +221,7 @@ class SegmentationReport:
         self.prefix = prefix
         self.instances = instances
         self.min_distance = min_distance
+        self.sigma = sigma
         self.rows: List[Dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -247,7 +250,7 @@ class SegmentationReport:
         from bundle.postprocess import split_instances
 
         pred_np = torch.as_tensor(pred).detach().cpu().numpy().reshape(np.shape(pred)[-2:])
-        pred_inst = split_instances(pred_np, min_distance=self.min_distance)
+        pred_inst = split_instances(pred_np, min_distance=self.min_distance, sigma=self.sigma)
         source = (getattr(label, "meta", {}) or {}).get("filename_or_obj")
         truth = read_mask(str(source)).astype(np.int64) if source else np.asarray(torch.as_tensor(label).cpu()).reshape(pred_inst.shape)
         if truth.shape != pred_inst.shape:
