@@ -41,7 +41,7 @@ def binary_mask(prob: Any, threshold: float = 0.5, min_size: int = 10) -> np.nda
     return keep[components]
 
 
-def split_instances(prob: Any, threshold: float = 0.5, min_size: int = 10, min_distance: int = 4, sigma: float = 1.0) -> np.ndarray:
+def split_instances(prob: Any, threshold: float = 0.5, min_size: int = 10, min_distance: int = 6, sigma: float = 3.0) -> np.ndarray:
     """Separate touching nuclei: marker-controlled watershed on the distance transform of the binary mask.
 
     Markers are the local maxima of the (Gaussian-smoothed) distance to the background, at least
@@ -52,7 +52,8 @@ def split_instances(prob: Any, threshold: float = 0.5, min_size: int = 10, min_d
         threshold: see :func:`binary_mask`.
         min_size: see :func:`binary_mask`.
         min_distance: smallest distance in pixels between two nucleus centres (about a nucleus radius).
-        sigma: smoothing of the distance map before peak finding, in pixels.
+        sigma: smoothing of the distance map before peak finding, in pixels. The defaults (6, 3.0) scored best
+            by AJI on 8 MoNuSeg training images at 40x (``scripts/evaluate_instances.py``).
 
     Returns:
         int32 (H, W): 0 background, 1..N one label per nucleus.

@@ -186,7 +186,7 @@ class NucleusWriterOperator(Operator):
     """
 
     def __init__(
-        self, fragment: Fragment, *args, output_dir: Path, report: RunReport, min_size: int = 10, min_distance: int = 4, **kwargs
+        self, fragment: Fragment, *args, output_dir: Path, report: RunReport, min_size: int = 10, min_distance: int = 6, **kwargs
     ):
         self.output_dir = Path(output_dir)
         self.report = report
