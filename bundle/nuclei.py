@@ -7,15 +7,19 @@ land on the nuclei.
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from skimage.color import rgb2hed
 from skimage.measure import approximate_polygon, find_contours, regionprops
 
-__all__ = ["Nucleus", "CSV_COLUMNS", "measure_nuclei", "nucleus_feature", "nucleus_row", "haematoxylin"]
+__all__ = ["Nucleus", "CSV_COLUMNS", "measure_nuclei", "nucleus_feature", "nucleus_row", "haematoxylin", "write_geojson", "write_csv"]
 
 CSV_COLUMNS = (
     "id",
@@ -164,6 +168,27 @@ def nucleus_feature(nucleus: Nucleus) -> Dict[str, Any]:
             "measurements": measurements,
         },
     }
+
+
+def write_geojson(path: Union[str, os.PathLike], nuclei: Sequence[Nucleus]) -> Path:
+    """QuPath-compatible FeatureCollection of the nuclei (detections, level-0 pixels), streamed feature by feature."""
+    path = Path(path)
+    with open(path, "w") as f:
+        f.write('{"type": "FeatureCollection", "features": [')
+        for k, n in enumerate(nuclei):
+            f.write(("," if k else "") + "\n" + json.dumps(nucleus_feature(n)))
+        f.write("\n]}\n")
+    return path
+
+
+def write_csv(path: Union[str, os.PathLike], nuclei: Sequence[Nucleus]) -> Path:
+    """One row per nucleus, columns :data:`CSV_COLUMNS`."""
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
+        writer.writeheader()
+        writer.writerows(nucleus_row(n) for n in nuclei)
+    return path
 
 
 def polygon_area(polygon: Sequence[Sequence[float]]) -> float:

@@ -18,7 +18,6 @@ centroid, so nuclei across tile borders are neither duplicated nor cut (the marg
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -38,7 +37,7 @@ from skimage.draw import polygon_perimeter
 from tqdm import tqdm
 
 from bundle.checkpoints import load_state_dict
-from bundle.nuclei import CSV_COLUMNS, Nucleus, density_per_mm2, measure_nuclei, nucleus_feature, nucleus_row
+from bundle.nuclei import Nucleus, density_per_mm2, measure_nuclei, write_csv, write_geojson
 from bundle.postprocess import split_instances
 from bundle.slide import IMAGE_SUFFIXES, SLIDE_SUFFIXES, SlideReadError, open_source, tissue_mask
 
@@ -185,8 +184,8 @@ class NucleusSegmenter:
         stem = source.path.stem
         files = {
             "instances": self._write_instances(out / f"{stem}_instances.tif", nuclei, source.width, source.height, source.mpp),
-            "geojson": self._write_geojson(out / f"{stem}.geojson", nuclei),
-            "csv": self._write_csv(out / f"{stem}_nuclei.csv", nuclei),
+            "geojson": write_geojson(out / f"{stem}.geojson", nuclei),
+            "csv": write_csv(out / f"{stem}_nuclei.csv", nuclei),
             "thumbnail": self._write_thumbnail(out / f"{stem}_thumbnail.png", thumb, thumb_down, tissue, nuclei),
         }
         seconds = time.perf_counter() - t0
@@ -251,25 +250,6 @@ class NucleusSegmenter:
             path, tiles(), shape=(height, width), dtype=np.uint32, tile=(LABEL_TILE, LABEL_TILE),
             compression="zlib", resolution=(res, res), resolutionunit="CENTIMETER", metadata=None,
         )
-        return path
-
-    @staticmethod
-    def _write_geojson(path: Path, nuclei: Sequence[Nucleus]) -> Path:
-        """FeatureCollection streamed feature by feature."""
-        with open(path, "w") as f:
-            f.write('{"type": "FeatureCollection", "features": [')
-            for k, n in enumerate(nuclei):
-                f.write(("," if k else "") + "\n" + json.dumps(nucleus_feature(n)))
-            f.write("\n]}\n")
-        return path
-
-    @staticmethod
-    def _write_csv(path: Path, nuclei: Sequence[Nucleus]) -> Path:
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
-            writer.writeheader()
-            for n in nuclei:
-                writer.writerow(nucleus_row(n))
         return path
 
     @staticmethod

@@ -18,7 +18,6 @@ The graph (see ``app.py``)::
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import threading
@@ -32,7 +31,7 @@ import torch
 from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
 from PIL import Image as PILImage
 
-from bundle.nuclei import CSV_COLUMNS, Nucleus, measure_nuclei, nucleus_feature, nucleus_row
+from bundle.nuclei import measure_nuclei, write_csv, write_geojson
 from bundle.outputs import mask_to_png_array, overlay
 from bundle.postprocess import split_instances
 from bundle.slide import SlideReadError, SlideSource, open_source
@@ -45,8 +44,6 @@ __all__ = [
     "InputLoaderOperator",
     "NucleusWriterOperator",
     "SlideSegmenterOperator",
-    "write_geojson",
-    "write_csv",
 ]
 logger = logging.getLogger(__name__)
 
@@ -102,21 +99,6 @@ class RunReport:
 
     def _save(self) -> None:
         self.path.write_text(json.dumps({"written": self.written, "skipped": self.skipped}, indent=2))
-
-
-def write_geojson(path: Path, nuclei: Sequence[Nucleus]) -> Path:
-    """QuPath-compatible FeatureCollection of the nuclei (detections, level-0 pixels)."""
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": [nucleus_feature(n) for n in nuclei]}))
-    return path
-
-
-def write_csv(path: Path, nuclei: Sequence[Nucleus]) -> Path:
-    """One row per nucleus, columns :data:`bundle.nuclei.CSV_COLUMNS`."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
-        writer.writeheader()
-        writer.writerows(nucleus_row(n) for n in nuclei)
-    return path
 
 
 class InputLoaderOperator(Operator):
