@@ -71,12 +71,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--parallel", type=int, default=1, help="variants trained at once")
     parser.add_argument("--override", action="append", default=[], help="config id=value, repeatable")
     parser.add_argument("--width", type=int, default=None, help="scale every network to this first-level width (CPU budgets)")
+    parser.add_argument("--report_only", action="store_true", help="only tabulate the evaluations already in output_dir")
     args = parser.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
     t0 = time.time()
-    train_codes = _run_all(variants, "train", args)
-    trained = [v for v in variants if train_codes[v] == 0]
-    eval_codes = _run_all(trained, "eval", args)
+    if args.report_only:
+        train_codes = {v: 0 for v in variants}
+        eval_codes = {v: 0 if (Path(args.output_dir) / v / "eval" / "metrics_summary.json").is_file() else None for v in variants}
+    else:
+        train_codes = _run_all(variants, "train", args)
+        trained = [v for v in variants if train_codes[v] == 0]
+        eval_codes = _run_all(trained, "eval", args)
     results = {}
     for v in variants:
         summary = Path(args.output_dir) / v / "eval" / "metrics_summary.json"

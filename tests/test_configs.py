@@ -7,8 +7,13 @@ import json
 import pytest
 import torch
 from monai.bundle import verify_metadata, verify_net_in_out
+from parameterized import parameterized
 
 from bundle.config_io import BUNDLE_ROOT, config_path, load_config
+from scripts.benchmark_training import VARIANTS as ABLATIONS
+from scripts.benchmark_training import width_overrides
+
+ROOT = BUNDLE_ROOT
 
 SCHEMA = BUNDLE_ROOT / "configs" / "schema" / "meta_schema_20240725.json"
 
@@ -92,3 +97,12 @@ def test_ckpt_export_gives_torchscript_matching_the_checkpoint(tmp_path):
     x = torch.rand(1, 3, 64, 48)
     with torch.no_grad():
         assert torch.allclose(scripted(x), net(x), atol=1e-5)
+
+
+@parameterized.expand([(name, overlays) for name, overlays in ABLATIONS.items()])
+def test_ablation_overlays_resolve_network_and_tracked_params(name, overlays):
+    """Every ablation builds its network and the network params logged to MLflow (BasicUNet has no GRU-Net kwargs)."""
+    parser = load_config(["train", *[str(ROOT / p) for p in overlays]], overrides=width_overrides(name, 8))
+    params = {k: parser.get_parsed_content(f"tracked_params#{k}") for k in ("network", "features", "skip", "gdam", "gate", "cdrb_units")}
+    assert params["network"] == ("BasicUNet" if name == "basicunet" else "GRUNet")
+    assert isinstance(parser.get_parsed_content("network_def"), torch.nn.Module)
