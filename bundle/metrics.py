@@ -19,6 +19,9 @@ import torch
 from monai.utils import min_version, optional_import
 from scipy import ndimage
 
+from bundle.image_io import read_mask
+from bundle.postprocess import split_instances
+
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
 else:
@@ -246,9 +249,6 @@ class SegmentationReport:
             self.rows.append(row)
 
     def _instance_scores(self, pred: Any, label: Any) -> Dict[str, float]:
-        from bundle.image_io import read_mask
-        from bundle.postprocess import split_instances
-
         pred_np = torch.as_tensor(pred).detach().cpu().numpy().reshape(np.shape(pred)[-2:])
         pred_inst = split_instances(pred_np, min_distance=self.min_distance, sigma=self.sigma)
         source = (getattr(label, "meta", {}) or {}).get("filename_or_obj")

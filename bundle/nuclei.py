@@ -11,7 +11,7 @@ import csv
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -60,7 +60,6 @@ class Nucleus:
     solidity: float
     mean_haematoxylin: float
     id: int = 0
-    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def haematoxylin(rgb: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@
     python scripts/benchmark_wsi.py --size 40000 --tissue_tiles 8
 
 Three runs of ``scripts/segment_slides.py`` (the shipped model, one process each, so that each peak RSS is its
-own): (1) the baseline, one 1000 x 1000 MoNuSeg image held in memory; (2) ``../shared/data/wsi/CMU-1-Small-Region.svs``;
+own): (1) the baseline, one 1000 x 1000 MoNuSeg image held in memory; (2) the slide given by ``--svs`` (by default
+the OpenSlide sample ``CMU-1-Small-Region.svs`` from the development data beside the repo, skipped when absent);
 (3) a pyramidal tiled TIFF of ``--size`` x ``--size`` pixels at 0.25 um/px assembled tile by tile from real MoNuSeg
 images on white glass. Speed is reported as megapixels per second (level 0, and processed at the model's
 resolution) and as a ratio to the baseline; memory as peak RSS, which should not grow with the slide.

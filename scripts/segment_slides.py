@@ -1,6 +1,6 @@
 """Segment nuclei in whole slides and images: instance TIFF, QuPath GeoJSON, per-nucleus CSV, thumbnail, summary.
 
-    python scripts/segment_slides.py ../shared/data/wsi/CMU-1-Small-Region.svs -o outputs/wsi
+    python scripts/segment_slides.py <slide.svs> -o outputs/wsi
     python scripts/segment_slides.py <folder of slides or images> -o outputs/wsi --mpp 0.5
 
 The same as ``python -m monai.bundle run --config_file "['configs/inference.json','configs/inference_wsi.json']"

@@ -8,7 +8,7 @@ task (region loader, contours, ``PolygonWriter``, ``info()["pathology"] = True``
 from __future__ import annotations
 
 import tempfile
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,7 +29,30 @@ def xml_safe(text: str) -> str:
     return text.replace("&", " and ").replace("<", "(").replace(">", ")").replace('"', "'").replace("  ", " ")
 
 
-class NucleusMaskInfer(BundleInferTask):
+class _NucleusBundleInfer(BundleInferTask):
+    """The bundle's inference as a MONAI Label segmentation task: no post-restore, no SaveImaged, strict loading.
+
+    Args:
+        path: bundle directory.
+        conf: server ``--conf`` options.
+        pre_filter: bundle pre-processing transforms to drop (e.g. ``[LoadImaged]``).
+        kwargs: passed to :class:`BundleInferTask`.
+    """
+
+    def __init__(self, path: str, conf: Dict[str, str], pre_filter: Optional[Sequence] = None, **kwargs: Any) -> None:
+        super().__init__(
+            path,
+            conf,
+            type=InferType.SEGMENTATION,
+            add_post_restore=False,
+            pre_filter=pre_filter,
+            post_filter=[SaveImaged],
+            load_strict=True,
+            **kwargs,
+        )
+
+
+class NucleusMaskInfer(_NucleusBundleInfer):
     """Bundle inference on an image: the nucleus mask (H, W) uint8, 1 nucleus, 0 background, as a PNG.
 
     Args:
@@ -37,17 +60,6 @@ class NucleusMaskInfer(BundleInferTask):
         conf: server ``--conf`` options.
         kwargs: passed to :class:`BundleInferTask` (e.g. ``train_mode``, ``skip_writer``).
     """
-
-    def __init__(self, path: str, conf: Dict[str, str], **kwargs: Any) -> None:
-        super().__init__(
-            path,
-            conf,
-            type=InferType.SEGMENTATION,
-            add_post_restore=False,
-            post_filter=[SaveImaged],
-            load_strict=True,
-            **kwargs,
-        )
 
     def post_transforms(self, data: Any = None) -> Sequence[Callable]:
         return [*super().post_transforms(data), SqueezeDimd(keys="pred", dim=0)]
@@ -62,7 +74,7 @@ class NucleusMaskInfer(BundleInferTask):
         return path, {"nucleus_pixels": int(mask.sum()), "shape": list(mask.shape)}
 
 
-class NucleusPolygonInfer(BundleInferTask):
+class NucleusPolygonInfer(_NucleusBundleInfer):
     """Nucleus polygons of an image or slide region (``/infer/wsi_v2``), as ASAP XML, DSA JSON or JSON.
 
     Bundle inference, then ``split_instances`` and one outline per nucleus in level-0 pixels
@@ -75,16 +87,7 @@ class NucleusPolygonInfer(BundleInferTask):
     """
 
     def __init__(self, path: str, conf: Dict[str, str], **kwargs: Any) -> None:
-        super().__init__(
-            path,
-            conf,
-            type=InferType.SEGMENTATION,
-            add_post_restore=False,
-            pre_filter=[LoadImaged],
-            post_filter=[SaveImaged],
-            load_strict=True,
-            **kwargs,
-        )
+        super().__init__(path, conf, pre_filter=[LoadImaged], **kwargs)
         # MONAI Label writes the description into the ASAP XML unescaped: "H&E" would break the file
         self.description = xml_safe(self.description or "")
         self.labels = {"Nucleus": 1}

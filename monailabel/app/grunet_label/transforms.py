@@ -15,8 +15,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import optional_import
-from PIL import Image
 
+from bundle.image_io import read_rgb
 from bundle.nuclei import measure_nuclei
 from bundle.postprocess import split_instances
 
@@ -73,8 +73,7 @@ class LoadRegiond(MapTransform):
             d["location"] = location
             region = slide.read_region(tuple(location), level, tuple(int(v) for v in size)).convert("RGB")
             return np.asarray(region, dtype=np.uint8), float(slide.level_downsamples[level])
-        with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        rgb = read_rgb(path)
         d["location"] = [0, 0]
         d["size"] = [rgb.shape[1], rgb.shape[0]]
         return rgb, 1.0
