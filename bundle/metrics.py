@@ -204,8 +204,11 @@ class SegmentationReport:
         instances: also compute AJI, PQ (DQ, SQ) and detection F1: predicted nuclei are split by
             :func:`bundle.postprocess.split_instances`, true nuclei are read from the label's file (instance ids;
             a binary mask is split into connected components).
-        min_distance: ``split_instances``'s smallest distance between nucleus centres.
-        sigma: ``split_instances``'s smoothing of the distance map.
+        min_distance: ``split_instances``'s smallest distance between nucleus centres (mask-only splitting).
+        sigma: ``split_instances``'s smoothing of the distance transform (mask-only splitting).
+        distance_key: batch key of the predicted normalised distance (1, H, W) (see
+            :class:`bundle.postprocess.SplitNucleusChannelsd`); when an item has it, nuclei are split on its markers.
+        marker_height: ``split_instances``'s h-maxima height of the distance markers.
     """
 
     def __init__(
@@ -217,6 +220,8 @@ class SegmentationReport:
         instances: bool = False,
         min_distance: int = 6,
         sigma: float = 3.0,
+        distance_key: str = "pred_distance",
+        marker_height: float = 0.2,
     ):
         self.output_dir = Path(output_dir)
         self.pred_key = pred_key
@@ -225,6 +230,8 @@ class SegmentationReport:
         self.instances = instances
         self.min_distance = min_distance
         self.sigma = sigma
+        self.distance_key = distance_key
+        self.marker_height = marker_height
         self.rows: List[Dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -245,12 +252,16 @@ class SegmentationReport:
             counts = confusion_counts(pred, label)
             row = {"image": Path(str(name)).name, **counts, **scores_from_counts(counts)}
             if self.instances:
-                row.update(self._instance_scores(pred, label))
+                row.update(self._instance_scores(pred, label, item.get(self.distance_key)))
             self.rows.append(row)
 
-    def _instance_scores(self, pred: Any, label: Any) -> Dict[str, float]:
+    def _instance_scores(self, pred: Any, label: Any, distance: Any = None) -> Dict[str, float]:
         pred_np = torch.as_tensor(pred).detach().cpu().numpy().reshape(np.shape(pred)[-2:])
-        pred_inst = split_instances(pred_np, min_distance=self.min_distance, sigma=self.sigma)
+        if distance is not None:
+            distance = torch.as_tensor(distance).detach().float().cpu().numpy().reshape(pred_np.shape)
+        pred_inst = split_instances(
+            pred_np, min_distance=self.min_distance, sigma=self.sigma, distance=distance, marker_height=self.marker_height
+        )
         source = (getattr(label, "meta", {}) or {}).get("filename_or_obj")
         truth = read_mask(str(source)).astype(np.int64) if source else np.asarray(torch.as_tensor(label).cpu()).reshape(pred_inst.shape)
         if truth.shape != pred_inst.shape:

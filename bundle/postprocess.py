@@ -1,15 +1,29 @@
-"""Nucleus probability map -> binary mask -> instance label map (distance-transform marker watershed)."""
+"""Network output -> nucleus mask and distance map -> instance label map (marker-controlled watershed)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict, Hashable, Mapping, Optional
 
 import numpy as np
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
 from scipy import ndimage
 from skimage.feature import peak_local_max
+from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-__all__ = ["binary_mask", "split_instances"]
+__all__ = ["DISTANCE_SIGMA", "binary_mask", "split_instances", "SplitNucleusChannelsd"]
+
+DISTANCE_SIGMA = 1.0  # pixels: smoothing of the predicted distance before its h-maxima are taken
+
+
+def _as_2d(array: Any, name: str) -> np.ndarray:
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be (H, W) or (1, H, W), got {tuple(np.shape(array))}")
+    return a
 
 
 def binary_mask(prob: Any, threshold: float = 0.5, min_size: int = 10) -> np.ndarray:
@@ -26,11 +40,7 @@ def binary_mask(prob: Any, threshold: float = 0.5, min_size: int = 10) -> np.nda
     Raises:
         ValueError: ``prob`` is not (H, W) or (1, H, W).
     """
-    p = np.asarray(prob)
-    if p.ndim == 3 and p.shape[0] == 1:
-        p = p[0]
-    if p.ndim != 2:
-        raise ValueError(f"prob must be (H, W) or (1, H, W), got {tuple(np.shape(prob))}")
+    p = _as_2d(prob, "prob")
     mask = ndimage.binary_fill_holes(p > threshold)
     if min_size <= 1 or not mask.any():
         return mask
@@ -41,41 +51,101 @@ def binary_mask(prob: Any, threshold: float = 0.5, min_size: int = 10) -> np.nda
     return keep[components]
 
 
-def split_instances(prob: Any, threshold: float = 0.5, min_size: int = 10, min_distance: int = 6, sigma: float = 3.0) -> np.ndarray:
-    """Separate touching nuclei: marker-controlled watershed on the distance transform of the binary mask.
+def split_instances(
+    prob: Any,
+    threshold: float = 0.5,
+    min_size: int = 10,
+    min_distance: int = 6,
+    sigma: float = 3.0,
+    distance: Optional[Any] = None,
+    marker_height: float = 0.2,
+) -> np.ndarray:
+    """Separate touching nuclei with a marker-controlled watershed inside the binary mask.
 
-    Markers are the local maxima of the (Gaussian-smoothed) distance to the background, at least
-    ``min_distance`` pixels apart, one object per connected component at least.
+    With ``distance`` (the network's distance head): markers are the regional maxima of the predicted distance
+    (smoothed by a Gaussian of ``DISTANCE_SIGMA`` pixels) that rise at least ``marker_height`` above their
+    surroundings (h-maxima), flooded along the predicted distance. Without it: markers are the local
+    maxima of the (Gaussian-smoothed) distance transform of the mask, at least ``min_distance`` pixels apart.
+    Either way every connected component of the mask gets one marker at least.
 
     Args:
         prob: nucleus probability (H, W) or (1, H, W), or a binary mask.
         threshold: see :func:`binary_mask`.
         min_size: see :func:`binary_mask`.
-        min_distance: smallest distance in pixels between two nucleus centres (about a nucleus radius).
-        sigma: smoothing of the distance map before peak finding, in pixels. The defaults (6, 3.0) scored best
-            by AJI on 8 MoNuSeg training images at 40x (``scripts/evaluate_instances.py``).
+        min_distance: smallest distance in pixels between two nucleus centres (about a nucleus radius); mask-only.
+        sigma: smoothing of the distance transform before peak finding, in pixels; mask-only. The defaults (6, 3.0)
+            scored best by AJI on 8 MoNuSeg training images at 40x (``scripts/evaluate_instances.py``).
+        distance: predicted normalised distance (H, W) or (1, H, W) in [0, 1], or None.
+        marker_height: h of the h-maxima markers, in normalised-distance units. The default 0.2 scored best by AJI
+            on 8 MoNuSeg training images (``scripts/train_distance_head.py``).
 
     Returns:
         int32 (H, W): 0 background, 1..N one label per nucleus.
+
+    Raises:
+        ValueError: ``prob`` or ``distance`` has the wrong shape.
     """
     mask = binary_mask(prob, threshold, min_size)
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
-    dist = ndimage.distance_transform_edt(mask)
-    if sigma > 0:
-        dist = ndimage.gaussian_filter(dist, sigma) * mask
     components, _ = ndimage.label(mask)
-    peaks = peak_local_max(dist, min_distance=min_distance, labels=components, exclude_border=False)
-    markers = np.zeros(mask.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    # a component without a peak (very small or flat) keeps one marker of its own
+    if distance is not None:
+        energy = _as_2d(distance, "distance").astype(np.float32)
+        if energy.shape != mask.shape:
+            raise ValueError(f"distance is {energy.shape[0]}x{energy.shape[1]}, prob is {mask.shape[0]}x{mask.shape[1]}")
+        smooth = ndimage.gaussian_filter(energy, DISTANCE_SIGMA) * mask
+        markers, _ = ndimage.label(h_maxima(smooth, marker_height) & mask)
+    else:
+        energy = ndimage.distance_transform_edt(mask)
+        if sigma > 0:
+            energy = ndimage.gaussian_filter(energy, sigma) * mask
+        peaks = peak_local_max(energy, min_distance=min_distance, labels=components, exclude_border=False)
+        markers = np.zeros(mask.shape, np.int32)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    # a component without a marker (very small or flat) keeps one marker of its own
     unmarked = np.setdiff1d(np.unique(components[mask]), np.unique(components[markers > 0]))
-    for i, comp in enumerate(unmarked, start=len(peaks) + 1):
+    next_id = int(markers.max()) + 1
+    for i, comp in enumerate(unmarked, start=next_id):
         r, c = np.argwhere(components == comp)[0]
         markers[r, c] = i
-    labels = watershed(-dist, markers, mask=mask)
+    labels = watershed(-energy, markers, mask=mask)
     # consecutive labels 1..N
     ids = np.unique(labels)
     lut = np.zeros(ids.max() + 1, np.int32)
     lut[ids[ids > 0]] = np.arange(1, (ids > 0).sum() + 1)
     return lut[labels]
+
+
+class SplitNucleusChannelsd(MapTransform):
+    """Move the distance channel of a two-channel network output or target to a key of its own.
+
+    For every key holding (2, H, W) (nucleus, distance), ``d[key]`` becomes (1, H, W) (nucleus) and
+    ``d[key + "_" + postfix]`` (1, H, W) (distance); a (1, H, W) value (a network without a distance head, or a
+    mask-only target) is left as it is. Mask consumers (Dice, writers, MONAI Deploy, MONAI Label) keep reading
+    ``pred`` and ``label``; instance splitting reads ``pred_distance`` when it is there.
+
+    Args:
+        keys: keys to split, e.g. ``["pred", "label"]``.
+        postfix: name part of the distance key. Default ``"distance"``.
+        allow_missing_keys: do not fail on a missing key (inference has no label). A key holding None is skipped.
+
+    Raises:
+        ValueError: a value that is not channel-first with 1 or 2 channels.
+    """
+
+    def __init__(self, keys: KeysCollection, postfix: str = "distance", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.postfix = postfix
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            if value is None:  # an evaluator without labels passes label=None
+                continue
+            if value.ndim != 3 or value.shape[0] not in (1, 2):
+                raise ValueError(f"{key}: expected (1, H, W) or (2, H, W) (nucleus[, distance]), got {tuple(value.shape)}")
+            if value.shape[0] == 2:
+                d[f"{key}_{self.postfix}"] = value[1:]
+                d[key] = value[:1]
+        return d

@@ -100,7 +100,9 @@ class NucleusSegmenter:
         min_size: smallest nucleus in model pixels.
         min_distance: smallest distance between nucleus centres in model pixels (watershed markers).
         sigma: smoothing of the distance map before marker finding, in model pixels. The defaults (6, 3.0) scored
-            best by AJI on 8 MoNuSeg training images (``scripts/evaluate_instances.py``).
+            best by AJI on 8 MoNuSeg training images (``scripts/evaluate_instances.py``). Both apply to networks
+            without a distance head.
+        marker_height: h-maxima height of the watershed markers, for a network with a distance head.
         amp: run the network under autocast (CUDA).
         progress: show a progress bar over tiles.
     """
@@ -118,6 +120,7 @@ class NucleusSegmenter:
         min_size: int = 10,
         min_distance: int = 6,
         sigma: float = 3.0,
+        marker_height: float = 0.2,
         amp: bool = False,
         progress: bool = True,
     ):
@@ -131,17 +134,25 @@ class NucleusSegmenter:
         self.model_mpp = float(model_mpp)
         self.tile_size, self.margin = int(tile_size), int(margin)
         self.threshold, self.min_size, self.min_distance, self.sigma = threshold, min_size, min_distance, sigma
+        self.marker_height = marker_height
         self.amp = amp and self.device.type == "cuda"
         self.progress = progress
 
     # -- one tile ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def probability(self, rgb: np.ndarray) -> np.ndarray:
-        """Nucleus probability (h, w) float32 of an RGB uint8 tile (h, w, 3) at model resolution."""
+    def predict(self, rgb: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Nucleus probability (h, w) float32 of an RGB uint8 tile (h, w, 3) at model resolution, and the
+        normalised distance (h, w) float32 when the network has a distance head (None otherwise)."""
         image = torch.tensor(rgb).permute(2, 0, 1)[None].float().div_(255.0).to(self.device)
         with torch.autocast(self.device.type, enabled=self.amp, dtype=torch.bfloat16):
             logits = self.inferer(image, self.network)
-        return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+        out = torch.sigmoid(logits.float())[0].cpu().numpy()
+        return out[0], (out[1] if out.shape[0] > 1 else None)
+
+    def split(self, rgb: np.ndarray) -> np.ndarray:
+        """Instance labels (h, w) int32 of an RGB uint8 tile (h, w, 3) at model resolution."""
+        prob, distance = self.predict(rgb)
+        return split_instances(prob, self.threshold, self.min_size, self.min_distance, self.sigma, distance, self.marker_height)
 
     # -- one slide or image -----------------------------------------------------------------------------------
     def segment(self, path: Union[str, os.PathLike], output_dir: Union[str, os.PathLike], mpp: Optional[float] = None) -> Dict[str, Any]:
@@ -170,7 +181,7 @@ class NucleusSegmenter:
             lx1, ly1 = min(source.width, int(math.ceil(read[2] / scale))), min(source.height, int(math.ceil(read[3] / scale)))
             out_shape = (max(1, round((ly1 - ly0) * scale)), max(1, round((lx1 - lx0) * scale)))
             rgb = source.read_region(lx0, ly0, lx1 - lx0, ly1 - ly0, out_shape)
-            labels = split_instances(self.probability(rgb), self.threshold, self.min_size, self.min_distance, self.sigma)
+            labels = self.split(rgb)
             ox, oy = lx0 * scale, ly0 * scale  # model-pixel position of the read window
             keep = (core[1] - oy, core[0] - ox, core[3] - oy, core[2] - ox)
             nuclei += measure_nuclei(labels, rgb, self.model_mpp, source.mpp, origin=(lx0, ly0), keep=keep)

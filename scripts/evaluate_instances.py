@@ -4,9 +4,9 @@
     python scripts/evaluate_instances.py --dataset_dir <monuseg>/train --split train --min_distance 4,8,12 --sigma 1,2
 
 Uses ``configs/inference.json`` (network, weights, pre-processing, sliding-window inferer) for the probability
-map and :func:`bundle.postprocess.split_instances` for the instances; the validation split is the training
-config's (``--split_mode``, ``--val_fraction``, ``--seed``). Comma lists of ``--min_distance``, ``--sigma`` and
-``--threshold`` score every combination on the same probability maps (tune on ``--split train``, report on
+and distance maps (markers from the distance head; ``--mask_only`` takes them from the mask instead) and :func:`bundle.postprocess.split_instances` for the instances; the validation split is the training
+config's (``--split_mode``, ``--val_fraction``, ``--seed``). Comma lists of ``--min_distance``, ``--sigma``,
+``--threshold`` and ``--marker_height`` score every combination on the same probability maps (tune on ``--split train``, report on
 ``validation``); ``--output`` holds the best one (by AJI) with its per-image values. Truth instances come from the masks (MoNuSeg:
 instance ids; binary masks are split into connected components).
 """
@@ -50,11 +50,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--min_distance", default="6", help="comma list: a grid of watershed settings is scored")
     parser.add_argument("--sigma", default="3.0", help="comma list")
     parser.add_argument("--threshold", default="0.5", help="comma list")
+    parser.add_argument("--marker_height", default="0.2", help="comma list (networks with a distance head)")
+    parser.add_argument("--tta", action="store_true", help="average the four flips (configs' tta)")
+    parser.add_argument("--mask_only", action="store_true", help="ignore the distance head: markers from the mask")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N images of the split")
     parser.add_argument("--output", default=None, help="JSON file for per-image and mean values")
     args = parser.parse_args(argv)
 
-    config = load_config("inference")
+    config = load_config("inference", overrides={"tta": args.tta})
     device = config.get_parsed_content("device")
     net = config.get_parsed_content("network_def").to(device).eval()
     net.load_state_dict(load_state_dict(args.model or Path(config.get_parsed_content("ckpt_dir")) / "model.pt"))
@@ -66,29 +69,35 @@ def main(argv: Optional[List[str]] = None) -> int:
         t0 = time.perf_counter()
         image = preprocess({"image": item["image"]})["image"].unsqueeze(0).to(device)
         with torch.no_grad():
-            prob = torch.sigmoid(inferer(image, net))[0, 0].float().cpu().numpy()
+            out = torch.sigmoid(inferer(image, net))[0].float().cpu().numpy()
+        prob, distance = out[0], (out[1] if out.shape[0] > 1 else None)
         truth = read_mask(item["label"]).astype(np.int64)
         if len(np.unique(truth)) <= 2:  # binary truth: connected components
             truth, _ = ndimage.label(truth > 0)
-        maps.append((Path(item["image"]).name, prob, truth))
+        maps.append((Path(item["image"]).name, prob, distance, truth))
         print(f"{maps[-1][0]}: probability map in {time.perf_counter() - t0:.1f} s", flush=True)
-    settings = list(itertools.product(_grid(args.min_distance, int), _grid(args.sigma, float), _grid(args.threshold, float)))
+    with_head = maps[0][2] is not None and not args.mask_only
+    settings = list(itertools.product(_grid(args.min_distance, int), _grid(args.sigma, float), _grid(args.threshold, float),
+                                      _grid(args.marker_height, float)))
     results = []
-    for min_distance, sigma, threshold in settings:
+    for min_distance, sigma, threshold, marker_height in settings:
         rows = []
-        for name, prob, truth in maps:
-            pred = split_instances(prob, threshold=threshold, min_distance=min_distance, sigma=sigma)
+        for name, prob, distance, truth in maps:
+            pred = split_instances(prob, threshold=threshold, min_distance=min_distance, sigma=sigma,
+                                   distance=distance if with_head else None, marker_height=marker_height)
             pq = panoptic_quality(truth, pred)
             rows.append({"image": name, "aji": aggregated_jaccard_index(truth, pred), "pq": pq["pq"], "dq": pq["dq"], "sq": pq["sq"],
                          "f1": detection_f1(truth, pred), "n_true": int(truth.max()), "n_pred": int(pred.max())})
         mean = {k: float(np.mean([r[k] for r in rows])) for k in ("aji", "pq", "dq", "sq", "f1")}
-        results.append({"min_distance": min_distance, "sigma": sigma, "threshold": threshold, "mean": mean, "images": rows})
-    print(f"{len(maps)} {args.split} images")
-    print("| min_distance | sigma | threshold | AJI | PQ | DQ | SQ | F1 |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        results.append({"min_distance": min_distance, "sigma": sigma, "threshold": threshold, "marker_height": marker_height,
+                        "markers": "distance head" if with_head else "mask distance transform", "mean": mean, "images": rows})
+    print(f"{len(maps)} {args.split} images, markers from the {results[0]['markers']}")
+    print("| min_distance | sigma | threshold | marker_height | AJI | PQ | DQ | SQ | F1 |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in sorted(results, key=lambda r: -r["mean"]["aji"]):
         m = r["mean"]
-        print(f"| {r['min_distance']} | {r['sigma']} | {r['threshold']} | {m['aji']:.4f} | {m['pq']:.4f} | {m['dq']:.4f} | {m['sq']:.4f} | {m['f1']:.4f} |")
+        print(f"| {r['min_distance']} | {r['sigma']} | {r['threshold']} | {r['marker_height']} | {m['aji']:.4f} | {m['pq']:.4f} "
+              f"| {m['dq']:.4f} | {m['sq']:.4f} | {m['f1']:.4f} |")
     best = max(results, key=lambda r: r["mean"]["aji"])
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

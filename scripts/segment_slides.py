@@ -30,10 +30,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("-m", "--model", default=None, help="checkpoint (default: models/model.pt)")
     parser.add_argument("--tile_size", type=int, default=None, help="tile side in model pixels (default 1024)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
+    parser.add_argument("--tta", action="store_true", help="average the four flips of every tile (4x the time)")
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    overrides = {"input_path": args.input, "output_dir": args.output_dir, "mpp": args.mpp, "progress": not args.no_progress}
+    overrides = {"input_path": args.input, "output_dir": args.output_dir, "mpp": args.mpp, "progress": not args.no_progress,
+                 "tta": args.tta}
     if args.model:
         if not Path(args.model).is_file():
             print(f"error: {args.model}: no such model file", file=sys.stderr)

@@ -34,6 +34,8 @@ CONFIGS = [
     {"features": 4, "dropout": 0.1},
     {"features": 4, "skip": "respath", "gdam": False},
     {"features": 4, "reference": True, "text_prior": torch.randn(16, 768)},
+    {"features": 4, "distance_head": True},
+    {"features": 4, "distance_head": True, "out_channels": 2, "gdam": False},
 ]
 SIZES = [(1, 16, 16), (2, 32, 48), (1, 64, 80)]  # (batch, H, W)
 
@@ -44,7 +46,7 @@ for _kwargs in CONFIGS:
             (
                 _kwargs,
                 (_b, _kwargs.get("in_channels", 3), _h, _w),
-                (_b, _kwargs.get("out_channels", 1), _h, _w),
+                (_b, _kwargs.get("out_channels", 1) + int(_kwargs.get("distance_head", False)), _h, _w),
             )
         )
 
@@ -214,6 +216,7 @@ EXPORT_CASES = [
     {"features": 8},
     {"features": 8, "reference": True, "text_prior": torch.randn(16, 768)},
     {"features": 8, "skip": "respath", "gdam": False},
+    {"features": 8, "distance_head": True},
 ]
 
 

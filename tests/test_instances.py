@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from bundle.image_io import read_mask
 from bundle.metrics import aggregated_jaccard_index, detection_f1, instance_overlaps, panoptic_quality
-from bundle.postprocess import binary_mask, split_instances
+from bundle.postprocess import SplitNucleusChannelsd, binary_mask, split_instances
+from bundle.targets import instance_labels, normalized_distance
 from tests.helpers import MONUSEG
 
 
@@ -35,6 +37,48 @@ def test_split_instances_counts(discs, n_instances):
     assert ((labels > 0) == (prob > 0.5)).all()
 
 
+@pytest.mark.parametrize("discs, n_instances", SPLIT_CASES)
+def test_split_instances_with_distance_markers(discs, n_instances):
+    truth = np.zeros((64, 64), np.int32)
+    for i, (centre, radius) in enumerate(discs, start=1):
+        truth[_disc(truth.shape, centre, radius) & (truth == 0)] = i
+    labels = split_instances((truth > 0).astype(np.float32), distance=normalized_distance(truth)[None])
+    assert labels.max() == n_instances
+    if n_instances:
+        assert aggregated_jaccard_index(truth, labels) > 0.95
+
+
+def test_split_instances_distance_checks_shape():
+    with pytest.raises(ValueError, match=r"distance is 8x8, prob is 16x16"):
+        split_instances(np.ones((16, 16)), distance=np.ones((8, 8)))
+    with pytest.raises(ValueError, match=r"distance must be \(H, W\) or \(1, H, W\)"):
+        split_instances(np.ones((16, 16)), distance=np.ones((2, 16, 16)))
+
+
+SPLIT_CHANNEL_CASES = [
+    # (key shapes in, key shapes out)
+    ({"pred": (2, 8, 8), "label": (2, 8, 8)}, {"pred": (1, 8, 8), "pred_distance": (1, 8, 8), "label": (1, 8, 8), "label_distance": (1, 8, 8)}),
+    ({"pred": (2, 8, 8)}, {"pred": (1, 8, 8), "pred_distance": (1, 8, 8)}),  # inference: no label
+    ({"pred": (2, 8, 8), "label": None}, {"pred": (1, 8, 8), "pred_distance": (1, 8, 8), "label": None}),  # evaluator: label None
+    ({"pred": (1, 8, 8), "label": (1, 8, 8)}, {"pred": (1, 8, 8), "label": (1, 8, 8)}),  # no distance head
+]
+
+
+@pytest.mark.parametrize("shapes_in, shapes_out", SPLIT_CHANNEL_CASES)
+def test_split_nucleus_channels(shapes_in, shapes_out):
+    data = {k: None if s is None else torch.arange(np.prod(s), dtype=torch.float32).reshape(s) for k, s in shapes_in.items()}
+    out = SplitNucleusChannelsd(["pred", "label"], allow_missing_keys=True)(data)
+    assert {k: None if v is None else tuple(v.shape) for k, v in out.items()} == shapes_out
+    if "pred_distance" in out:
+        torch.testing.assert_close(out["pred_distance"][0], data["pred"][1])
+        torch.testing.assert_close(out["pred"][0], data["pred"][0])
+
+
+def test_split_nucleus_channels_rejects_other_shapes():
+    with pytest.raises(ValueError, match=r"pred: expected \(1, H, W\) or \(2, H, W\)"):
+        SplitNucleusChannelsd("pred")({"pred": torch.zeros(3, 4, 4)})
+
+
 def test_binary_mask_removes_specks_fills_holes_and_checks_shape():
     prob = np.zeros((1, 32, 32))
     prob[0, 5:15, 5:15] = 1.0
@@ -56,6 +100,9 @@ def test_split_instances_on_a_real_mask():
     n_true = len(np.unique(truth)) - 1
     assert 0.6 * n_true <= labels.max() <= 1.5 * n_true
     assert aggregated_jaccard_index(truth, labels) > 0.6
+    # with the truth's own normalised distance as markers the split is (nearly) exact
+    exact = split_instances((truth > 0).astype(np.float32), distance=normalized_distance(instance_labels(truth)))
+    assert aggregated_jaccard_index(truth, exact) > 0.97
 
 
 def test_metrics_of_identical_and_empty_maps():

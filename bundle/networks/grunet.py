@@ -10,7 +10,17 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
-from bundle.networks.blocks import BN_MOMENTUM, CDRB, GATE_MODES, SKIP_TYPES, GdAM, MultiResBlock, ResPath, TextProjection
+from bundle.networks.blocks import (
+    BN_MOMENTUM,
+    CDRB,
+    GATE_MODES,
+    SKIP_TYPES,
+    DistanceHead,
+    GdAM,
+    MultiResBlock,
+    ResPath,
+    TextProjection,
+)
 
 __all__ = ["GRUNet", "EncoderStage", "DecoderStage", "count_parameters", "count_bn_statistics"]
 
@@ -73,6 +83,9 @@ class GRUNet(nn.Module):
         cdrb_units: CDRB units per level. Default 4.
         dropout: channel dropout probability after each decoder level (used by MONAI Label for epistemic
             uncertainty). Default 0.
+        distance_head: add a :class:`DistanceHead` on the last decoder level; its logit is appended as the last
+            output channel (sigmoid: each nucleus pixel's normalised distance to its border, for instance
+            separation). Default False.
         text_prior: (P, D) prompt embeddings (see :mod:`bundle.text_prior`), kept as a buffer so inference needs no
             text encoder. When None, a zero buffer of shape (n_prompts, text_dim) is made; a checkpoint fills it.
         n_prompts: P when ``text_prior`` is None. Default 16.
@@ -86,7 +99,8 @@ class GRUNet(nn.Module):
         reference: reproduce the reference structure exactly; overrides ``gate="batch"``,
             ``repeat_channels=True``, ``cdrb_units=4``, ``trainable_text_projection=False``, ``bn_momentum=0.01``.
 
-    Input (B, in_channels, H, W) with H and W multiples of 16. Returns logits (B, out_channels, H, W).
+    Input (B, in_channels, H, W) with H and W multiples of 16. Returns logits (B, out_channels, H, W), or
+    (B, out_channels + 1, H, W) with ``distance_head``.
     GdAM uses its mean map at evaluation; it samples in training or after ``set_attention_sampling(True)``.
 
     Raises:
@@ -106,6 +120,7 @@ class GRUNet(nn.Module):
         repeat_channels: bool = False,
         cdrb_units: int = 4,
         dropout: float = 0.0,
+        distance_head: bool = False,
         text_prior: Optional[torch.Tensor] = None,
         n_prompts: int = 16,
         text_dim: int = 384,
@@ -163,6 +178,7 @@ class GRUNet(nn.Module):
         self.decoder = nn.ModuleList(decoder)
         self.dropout = nn.Dropout2d(dropout)
         self.head = nn.Conv2d(channels, out_channels, kernel_size=1)
+        self.distance = DistanceHead(channels) if distance_head else None
 
         self.text_projection: Optional[TextProjection] = None
         self.gdam: Optional[GdAM] = None
@@ -206,7 +222,7 @@ class GRUNet(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, in_channels, H, W), H and W multiples of 16. Returns logits (B, out_channels, H, W)."""
+        """x: (B, in_channels, H, W), H and W multiples of 16. Returns logits (B, out_channels[+1], H, W)."""
         self._check_input(x)
         x0 = self.stem(x)
         enc: List[torch.Tensor] = [x0]
@@ -229,6 +245,8 @@ class GRUNet(nn.Module):
             if len(attention) > 0:
                 u = u * attention[level]
             u = self.dropout(u)
+        if self.distance is not None:
+            return torch.cat([self.head(u), self.distance(u)], dim=1)
         return self.head(u)
 
 

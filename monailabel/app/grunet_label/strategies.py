@@ -121,5 +121,6 @@ class GdAMUncertainty(Strategy):
         image = (image if torch.is_tensor(image) else torch.from_numpy(np.asarray(image)))[None].to(device)
         inferer = self.infer_task.inferer(data)
         with torch.no_grad():
-            probs = torch.stack([torch.sigmoid(inferer(image, network))[0] for _ in range(samples)])
+            # channel 0: nucleus logit (a distance head's channel, when there is one, is left out)
+            probs = torch.stack([torch.sigmoid(inferer(image, network))[0, :1] for _ in range(samples)])
         return sampled_variance(probs)

@@ -92,6 +92,9 @@ class NucleusPolygonsd(MapTransform):
         label: class name of the polygons.
         color: RGB colour of that class in the viewers.
         rgb_key: the uint8 (H, W, 3) image the mask was computed on.
+        distance_postfix: ``key + "_" + distance_postfix`` holds the network's normalised distance (1, H, W) when it
+            has a distance head (``bundle.postprocess.SplitNucleusChannelsd``); nuclei are then split on its markers.
+        marker_height: h-maxima height of those markers.
         min_size: smallest nucleus kept, in pixels.
         result: key of the result dictionary.
     """
@@ -102,6 +105,8 @@ class NucleusPolygonsd(MapTransform):
         label: str = "Nucleus",
         color: tuple = (0, 200, 0),
         rgb_key: str = "rgb",
+        distance_postfix: str = "distance",
+        marker_height: float = 0.2,
         min_size: int = 10,
         result: str = "result",
     ) -> None:
@@ -109,6 +114,8 @@ class NucleusPolygonsd(MapTransform):
         self.label = label
         self.color = color
         self.rgb_key = rgb_key
+        self.distance_postfix = distance_postfix
+        self.marker_height = marker_height
         self.min_size = min_size
         self.result = result
 
@@ -122,7 +129,10 @@ class NucleusPolygonsd(MapTransform):
             rgb = d[self.rgb_key]
             if pred.shape != rgb.shape[:2]:
                 raise ValueError(f"prediction {pred.shape} and image {rgb.shape[:2]} differ in size")
-            labels = split_instances(pred > 0, min_size=self.min_size)
+            distance = d.get(f"{key}_{self.distance_postfix}")
+            if distance is not None:
+                distance = np.squeeze(distance.detach().float().cpu().numpy() if isinstance(distance, torch.Tensor) else np.asarray(distance))
+            labels = split_instances(pred > 0, min_size=self.min_size, distance=distance, marker_height=self.marker_height)
             nuclei = measure_nuclei(labels, rgb, model_mpp=downsample, level0_mpp=1.0, origin=tuple(location))
             contours = [[np.round(n.polygon).astype(int).tolist()] for n in nuclei]
             d.setdefault(self.result, {})["annotation"] = {

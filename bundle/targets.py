@@ -1,0 +1,84 @@
+"""Training targets from nucleus masks: the nucleus mask and the normalised distance map of the distance head."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+from monai.utils.type_conversion import convert_to_dst_type
+from scipy import ndimage
+
+__all__ = ["instance_labels", "normalized_distance", "NucleusTargetsd"]
+
+
+def instance_labels(mask: Any) -> np.ndarray:
+    """Instance ids from a mask: kept when the mask holds instance ids, connected components of a binary mask.
+
+    Args:
+        mask: (H, W) or (1, H, W) integer or boolean mask; 0 is background.
+
+    Returns:
+        int32 (H, W), 0 background, one positive id per nucleus.
+
+    Raises:
+        ValueError: ``mask`` is not (H, W) or (1, H, W).
+    """
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.ndim != 2:
+        raise ValueError(f"a nucleus mask must be (H, W) or (1, H, W), got shape {tuple(np.shape(mask))}")
+    values = np.unique(m)
+    if len(values) <= 2:  # binary (0/1, 0/255, bool): split into connected components
+        return ndimage.label(m > 0)[0].astype(np.int32)
+    return m.astype(np.int32)
+
+
+def normalized_distance(instances: Any) -> np.ndarray:
+    """Distance of every nucleus pixel to the border of its own nucleus, divided by that nucleus's largest distance.
+
+    Touching nuclei get separate peaks, because each is measured to its own border.
+
+    Args:
+        instances: (H, W) instance ids, 0 background.
+
+    Returns:
+        float32 (H, W) in [0, 1]: 1 at each nucleus centre, small at its border, 0 on the background.
+    """
+    labels = np.asarray(instances)
+    out = np.zeros(labels.shape, np.float32)
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        # one pixel of background around the box so that the border of the image counts as a border
+        padded = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        inside = labels[padded] == index
+        dist = ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1]
+        peak = dist.max()
+        if peak > 0:
+            out[padded][inside] = (dist / peak)[inside]
+    return out
+
+
+class NucleusTargetsd(MapTransform):
+    """Replace a nucleus mask by the two training targets: channel 0 the binary mask, channel 1 the normalised
+    distance (:func:`normalized_distance` of :func:`instance_labels`).
+
+    Shapes: (1, H, W) or (H, W) mask -> (2, H, W) float32, of the input's type (a MetaTensor keeps its metadata).
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            instances = instance_labels(np.rint(array))
+            stacked = np.stack([instances > 0, normalized_distance(instances)]).astype(np.float32)
+            d[key] = convert_to_dst_type(torch.from_numpy(stacked), value, dtype=torch.float32)[0]
+        return d

@@ -1,0 +1,59 @@
+"""Flip test-time augmentation (bundle.inferers.FlipTTAInferer)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.inferers import SimpleInferer, SlidingWindowInferer
+
+from bundle.inferers import FlipTTAInferer
+from bundle.networks import GRUNet
+
+CASES = [
+    # (kwargs, input shape, expected output shape)
+    ({}, (1, 3, 32, 32), (1, 1, 32, 32)),
+    ({"flips": [[2], [3]]}, (2, 3, 32, 48), (2, 1, 32, 48)),
+    ({"flips": [[]]}, (1, 3, 16, 32), (1, 1, 16, 32)),
+]
+
+
+@pytest.mark.parametrize("kwargs, in_shape, out_shape", CASES)
+def test_shape(kwargs, in_shape, out_shape):
+    net = GRUNet(features=4).eval()
+    with torch.no_grad():
+        out = FlipTTAInferer(SimpleInferer(), **kwargs)(torch.rand(in_shape), net)
+    assert out.shape == out_shape and torch.isfinite(out).all()
+
+
+def test_mean_of_flipped_probabilities():
+    torch.manual_seed(0)
+    net = GRUNet(features=4, distance_head=True).eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        out = FlipTTAInferer(SimpleInferer())(x, net)
+        expected = torch.stack(
+            [torch.sigmoid(torch.flip(net(torch.flip(x, d)), d)) for d in ((), (2,), (3,), (2, 3))]
+        ).mean(0)
+    assert out.shape == (1, 2, 32, 32)
+    torch.testing.assert_close(torch.sigmoid(out), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_identity_is_the_wrapped_inferer():
+    net = GRUNet(features=4).eval()
+    x = torch.rand(1, 3, 64, 64)
+    sliding = SlidingWindowInferer(roi_size=(32, 32), sw_batch_size=2, overlap=0.25, mode="gaussian")
+    with torch.no_grad():
+        torch.testing.assert_close(FlipTTAInferer(sliding, flips=[[]])(x, net), sliding(x, net))
+
+
+def test_flip_equivariant_network_is_unchanged():
+    net = torch.nn.Conv2d(3, 1, 1)  # a 1x1 convolution commutes with flips
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(FlipTTAInferer(SimpleInferer())(x, net), net(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("flips", [[], [[1]], [[2, 4]]])
+def test_bad_flips(flips):
+    with pytest.raises(ValueError, match="flips must be a non-empty list of dims among"):
+        FlipTTAInferer(SimpleInferer(), flips=flips)
