@@ -132,7 +132,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     packed = {**state, **{f"distance.{k}": v for k, v in head.state_dict().items()}}
-    torch.save({"model": packed}, out)
+    torch.save(packed, out)  # a plain state dict, as the shipped model.pt
     summary: Dict[str, object] = {"marker_height": best, "train_tuning": table, "steps": args.steps,
                                   "train_seconds": round(time.perf_counter() - t0, 1)}
     if args.report:

@@ -58,6 +58,9 @@ def test_shipped_model_loads_weights_only_into_the_configured_network():
     state = load_state_dict(BUNDLE_ROOT / "models" / "model.pt")
     assert net.load_state_dict(state, strict=True) is not None
     assert (BUNDLE_ROOT / "models" / "model.pt").stat().st_size < 100 * 1024 * 1024
+    # a plain state dict (what `monai.bundle ckpt_export` and MONAI Label load), with the distance head
+    raw = torch.load(BUNDLE_ROOT / "models" / "model.pt", weights_only=True)
+    assert "stem.shortcut.conv.weight" in raw and any(k.startswith("distance.") for k in raw)
 
 
 def test_restore_best_metric_into_a_monai_saver(tmp_path):

@@ -100,7 +100,7 @@ def test_exported_torchscript_matches_the_checkpoint(model_ts):
     x = torch.as_tensor(rgb).permute(2, 0, 1)[None].float() / 255.0
     with torch.no_grad():
         expected, actual = net(x), scripted(x)
-    assert actual.shape == (1, 1, 128, 96)
+    assert actual.shape == (1, 2, 128, 96)  # nucleus and distance logits
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
 
 
