@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from bundle.image_io import read_mask
 from bundle.postprocess import split_instances
+from bundle.targets import instance_labels
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -257,8 +258,6 @@ class SegmentationReport:
 
     def _instance_scores(self, pred: Any, label: Any, distance: Any = None) -> Dict[str, float]:
         pred_np = torch.as_tensor(pred).detach().cpu().numpy().reshape(np.shape(pred)[-2:])
-        if distance is not None:
-            distance = torch.as_tensor(distance).detach().float().cpu().numpy().reshape(pred_np.shape)
         pred_inst = split_instances(
             pred_np, min_distance=self.min_distance, sigma=self.sigma, distance=distance, marker_height=self.marker_height
         )
@@ -266,8 +265,7 @@ class SegmentationReport:
         truth = read_mask(str(source)).astype(np.int64) if source else np.asarray(torch.as_tensor(label).cpu()).reshape(pred_inst.shape)
         if truth.shape != pred_inst.shape:
             raise ValueError(f"{source}: truth {truth.shape} and prediction {pred_inst.shape} differ in size")
-        if len(np.unique(truth)) <= 2:  # binary truth: connected components
-            truth, _ = ndimage.label(truth > 0)
+        truth = instance_labels(truth)  # a binary truth: connected components
         pq = panoptic_quality(truth, pred_inst)
         return {"aji": aggregated_jaccard_index(truth, pred_inst), "pq": pq["pq"], "dq": pq["dq"], "sq": pq["sq"], "f1": detection_f1(truth, pred_inst)}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, Hashable, Mapping, Optional
 
 import numpy as np
+import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from scipy import ndimage
@@ -12,13 +13,18 @@ from skimage.feature import peak_local_max
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-__all__ = ["DISTANCE_SIGMA", "binary_mask", "split_instances", "SplitNucleusChannelsd"]
+__all__ = ["DISTANCE_SIGMA", "as_2d", "binary_mask", "split_instances", "SplitNucleusChannelsd"]
 
 DISTANCE_SIGMA = 1.0  # pixels: smoothing of the predicted distance before its h-maxima are taken
 
 
-def _as_2d(array: Any, name: str) -> np.ndarray:
-    a = np.asarray(array)
+def as_2d(array: Any, name: str) -> np.ndarray:
+    """A (H, W) or (1, H, W) array or tensor (any device and dtype) as a NumPy (H, W) array.
+
+    Raises:
+        ValueError: any other shape; the message starts with ``name``.
+    """
+    a = array.detach().float().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
     if a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
     if a.ndim != 2:
@@ -40,7 +46,7 @@ def binary_mask(prob: Any, threshold: float = 0.5, min_size: int = 10) -> np.nda
     Raises:
         ValueError: ``prob`` is not (H, W) or (1, H, W).
     """
-    p = _as_2d(prob, "prob")
+    p = as_2d(prob, "prob")
     mask = ndimage.binary_fill_holes(p > threshold)
     if min_size <= 1 or not mask.any():
         return mask
@@ -75,7 +81,7 @@ def split_instances(
         min_distance: smallest distance in pixels between two nucleus centres (about a nucleus radius); mask-only.
         sigma: smoothing of the distance transform before peak finding, in pixels; mask-only. The defaults (6, 3.0)
             scored best by AJI on 8 MoNuSeg training images at 40x (``scripts/evaluate_instances.py``).
-        distance: predicted normalised distance (H, W) or (1, H, W) in [0, 1], or None.
+        distance: predicted normalised distance (H, W) or (1, H, W) in [0, 1] (array or tensor), or None.
         marker_height: h of the h-maxima markers, in normalised-distance units. The default 0.2 scored best by AJI
             on 8 MoNuSeg training images (``scripts/train_distance_head.py``).
 
@@ -90,7 +96,7 @@ def split_instances(
         return np.zeros(mask.shape, np.int32)
     components, _ = ndimage.label(mask)
     if distance is not None:
-        energy = _as_2d(distance, "distance").astype(np.float32)
+        energy = as_2d(distance, "distance").astype(np.float32)
         if energy.shape != mask.shape:
             raise ValueError(f"distance is {energy.shape[0]}x{energy.shape[1]}, prob is {mask.shape[0]}x{mask.shape[1]}")
         smooth = ndimage.gaussian_filter(energy, DISTANCE_SIGMA) * mask

@@ -11,6 +11,8 @@ from monai.transforms import MapTransform
 from monai.utils.type_conversion import convert_to_dst_type
 from scipy import ndimage
 
+from bundle.postprocess import as_2d
+
 __all__ = ["instance_labels", "normalized_distance", "NucleusTargetsd"]
 
 
@@ -26,11 +28,7 @@ def instance_labels(mask: Any) -> np.ndarray:
     Raises:
         ValueError: ``mask`` is not (H, W) or (1, H, W).
     """
-    m = np.asarray(mask)
-    if m.ndim == 3 and m.shape[0] == 1:
-        m = m[0]
-    if m.ndim != 2:
-        raise ValueError(f"a nucleus mask must be (H, W) or (1, H, W), got shape {tuple(np.shape(mask))}")
+    m = as_2d(mask, "a nucleus mask")
     values = np.unique(m)
     if len(values) <= 2:  # binary (0/1, 0/255, bool): split into connected components
         return ndimage.label(m > 0)[0].astype(np.int32)

@@ -70,8 +70,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     preprocess = config.get_parsed_content("preprocessing")
     inferer = config.get_parsed_content("inferer")
     split = make_split(args.dataset_dir, args.split_mode, args.val_fraction, seed=args.seed)
-    items = split["train"] + split["validation"] if args.split == "all" and args.split_mode != "none" else split[
-        "validation" if args.split == "all" else args.split]
+    if args.split != "all":
+        items = split[args.split]
+    elif args.split_mode == "none":  # train and validation are the same list
+        items = split["validation"]
+    else:
+        items = split["train"] + split["validation"]
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     val_ids = sorted(d["id"] for d in split["validation"])

@@ -4,9 +4,10 @@
     python scripts/evaluate_instances.py --dataset_dir <monuseg>/train --split train --min_distance 4,8,12 --sigma 1,2
 
 Uses ``configs/inference.json`` (network, weights, pre-processing, sliding-window inferer) for the probability
-and distance maps (markers from the distance head; ``--mask_only`` takes them from the mask instead) and :func:`bundle.postprocess.split_instances` for the instances; the validation split is the training
-config's (``--split_mode``, ``--val_fraction``, ``--seed``). Comma lists of ``--min_distance``, ``--sigma``,
-``--threshold`` and ``--marker_height`` score every combination on the same probability maps (tune on ``--split train``, report on
+and distance maps (markers from the distance head; ``--mask_only`` takes them from the mask instead) and
+:func:`bundle.postprocess.split_instances` for the instances; the validation split is the training config's
+(``--split_mode``, ``--val_fraction``, ``--seed``). Comma lists of ``--min_distance``, ``--sigma``, ``--threshold``
+and ``--marker_height`` score every combination on the same maps (tune on ``--split train``, report on
 ``validation``); ``--output`` holds the best one (by AJI) with its per-image values. Truth instances come from the masks (MoNuSeg:
 instance ids; binary masks are split into connected components).
 """
@@ -23,7 +24,6 @@ from typing import List, Optional
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -33,6 +33,7 @@ from bundle.data import make_split  # noqa: E402
 from bundle.image_io import read_mask  # noqa: E402
 from bundle.metrics import aggregated_jaccard_index, detection_f1, panoptic_quality  # noqa: E402
 from bundle.postprocess import split_instances  # noqa: E402
+from bundle.targets import instance_labels  # noqa: E402
 
 
 def _grid(text: str, kind: type) -> List:
@@ -71,9 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with torch.no_grad():
             out = torch.sigmoid(inferer(image, net))[0].float().cpu().numpy()
         prob, distance = out[0], (out[1] if out.shape[0] > 1 else None)
-        truth = read_mask(item["label"]).astype(np.int64)
-        if len(np.unique(truth)) <= 2:  # binary truth: connected components
-            truth, _ = ndimage.label(truth > 0)
+        truth = instance_labels(read_mask(item["label"]))  # a binary truth: connected components
         maps.append((Path(item["image"]).name, prob, distance, truth))
         print(f"{maps[-1][0]}: probability map in {time.perf_counter() - t0:.1f} s", flush=True)
     with_head = maps[0][2] is not None and not args.mask_only

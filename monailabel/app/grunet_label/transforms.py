@@ -129,9 +129,7 @@ class NucleusPolygonsd(MapTransform):
             rgb = d[self.rgb_key]
             if pred.shape != rgb.shape[:2]:
                 raise ValueError(f"prediction {pred.shape} and image {rgb.shape[:2]} differ in size")
-            distance = d.get(f"{key}_{self.distance_postfix}")
-            if distance is not None:
-                distance = np.squeeze(distance.detach().float().cpu().numpy() if isinstance(distance, torch.Tensor) else np.asarray(distance))
+            distance = d.get(f"{key}_{self.distance_postfix}")  # (1, H, W) tensor, or None
             labels = split_instances(pred > 0, min_size=self.min_size, distance=distance, marker_height=self.marker_height)
             nuclei = measure_nuclei(labels, rgb, model_mpp=downsample, level0_mpp=1.0, origin=tuple(location))
             contours = [[np.round(n.polygon).astype(int).tolist()] for n in nuclei]
