@@ -38,8 +38,8 @@ from monai.deploy.operators.monai_bundle_inference_operator import (  # noqa: E4
     get_bundle_config,
 )
 
-from bundle.slide import IMAGE_SUFFIXES, SLIDE_SUFFIXES  # noqa: E402
-from bundle.slide_inference import find_inputs  # noqa: E402
+from bundle.io.slides import IMAGE_SUFFIXES, SLIDE_SUFFIXES  # noqa: E402
+from bundle.pipeline.segmenter import find_inputs  # noqa: E402
 from operators import InputLoaderOperator, NucleusWriterOperator, RunReport, SlideSegmenterOperator  # noqa: E402
 
 __all__ = ["NucleiSegApp", "AppInputError", "check_model", "list_inputs", "main"]

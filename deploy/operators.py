@@ -12,7 +12,7 @@ The graph (see ``app.py``)::
 - ``MonaiBundleInferenceOperator`` (the SDK's) runs the TorchScript bundle (``models/model.ts``) with the
   preprocessing, inferer and postprocessing embedded in it and returns the binary mask (H, W), uint8 {0, 1}.
 - :class:`NucleusWriterOperator` splits the mask into nuclei and writes the mask, overlay, GeoJSON, CSV and summary.
-- :class:`SlideSegmenterOperator` segments a whole slide tile by tile with :class:`bundle.slide_inference.NucleusSegmenter`
+- :class:`SlideSegmenterOperator` segments a whole slide tile by tile with :class:`bundle.pipeline.segmenter.NucleusSegmenter`
   (the bundle operator holds the whole image in memory, which a slide does not fit).
 """
 
@@ -31,11 +31,11 @@ import torch
 from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
 from PIL import Image as PILImage
 
-from bundle.nuclei import measure_nuclei, write_csv, write_geojson
+from bundle.pipeline.measure import measure_nuclei, write_csv, write_geojson
 from bundle.outputs import mask_to_png_array, overlay
-from bundle.postprocess import split_instances
-from bundle.slide import SlideReadError, SlideSource, open_source
-from bundle.slide_inference import NucleusSegmenter
+from bundle.pipeline.split import split_instances
+from bundle.io.slides import SlideReadError, SlideSource, open_source
+from bundle.pipeline.segmenter import NucleusSegmenter
 
 __all__ = [
     "MODEL_MPP",
@@ -153,7 +153,7 @@ class NucleusWriterOperator(Operator):
     Writes into ``<output_dir>/<stem>/``: ``<stem>_mask.png`` (uint8, 0 background, 255 nucleus, input size),
     ``<stem>_overlay.png`` (nuclei tinted and outlined in green), ``<stem>.geojson`` (QuPath FeatureCollection of
     nucleus polygons in pixels, with measurements), ``<stem>_nuclei.csv`` (one row per nucleus) and
-    ``<stem>_summary.json``. Nuclei are split from the mask by :func:`bundle.postprocess.split_instances`.
+    ``<stem>_summary.json``. Nuclei are split from the mask by :func:`bundle.pipeline.split.split_instances`.
 
     Inputs:
         pred: SDK ``Image`` (H, W) uint8 {0, 1} from ``MonaiBundleInferenceOperator``.
@@ -227,7 +227,7 @@ class NucleusWriterOperator(Operator):
 
 
 class SlideSegmenterOperator(Operator):
-    """Sink: a whole slide, tile by tile, with :class:`bundle.slide_inference.NucleusSegmenter`.
+    """Sink: a whole slide, tile by tile, with :class:`bundle.pipeline.segmenter.NucleusSegmenter`.
 
     Writes into ``<output_dir>/<stem>/`` what ``NucleusSegmenter.segment`` writes: ``<stem>_instances.tif``
     (uint32 instance labels at level 0: the mask), ``<stem>.geojson``, ``<stem>_nuclei.csv``,

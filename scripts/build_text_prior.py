@@ -13,7 +13,7 @@ from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.text_prior import DEFAULT_ENCODER, POOLING_MODES, build_text_prior, read_prompts, save_text_prior  # noqa: E402
+from bundle.networks.text_prior import DEFAULT_ENCODER, POOLING_MODES, build_text_prior, read_prompts, save_text_prior  # noqa: E402
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -5,7 +5,7 @@
 
 Uses ``configs/inference.json`` (network, weights, pre-processing, sliding-window inferer) for the probability
 and distance maps (markers from the distance head; ``--mask_only`` takes them from the mask instead) and
-:func:`bundle.postprocess.split_instances` for the instances; the validation split is the training config's
+:func:`bundle.pipeline.split.split_instances` for the instances; the validation split is the training config's
 (``--split_mode``, ``--val_fraction``, ``--seed``). Comma lists of ``--min_distance``, ``--sigma``, ``--threshold``
 and ``--marker_height`` score every combination on the same maps (tune on ``--split train``, report on
 ``validation``); ``--truth_markers`` adds the AJI that perfect splitting of the same mask would reach; ``--output``
@@ -30,13 +30,13 @@ from skimage.segmentation import watershed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.checkpoints import load_state_dict  # noqa: E402
+from bundle.training.checkpoints import load_state_dict  # noqa: E402
 from bundle.config_io import load_config  # noqa: E402
-from bundle.data import make_split  # noqa: E402
-from bundle.image_io import read_mask  # noqa: E402
-from bundle.metrics import aggregated_jaccard_index, detection_f1, panoptic_quality  # noqa: E402
-from bundle.postprocess import binary_mask, split_instances  # noqa: E402
-from bundle.targets import instance_labels  # noqa: E402
+from bundle.data.datalists import make_split  # noqa: E402
+from bundle.io.images import read_mask  # noqa: E402
+from bundle.evaluation.metrics import aggregated_jaccard_index, detection_f1, panoptic_quality  # noqa: E402
+from bundle.pipeline.split import binary_mask, split_instances  # noqa: E402
+from bundle.data.targets import instance_labels  # noqa: E402
 
 
 def _grid(text: str, kind: type) -> List:

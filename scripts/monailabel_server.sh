@@ -32,7 +32,7 @@ cp -r "$ROOT/monailabel/app/main.py" "$ROOT/monailabel/app/grunet_label" "$APP/"
 ln -sfn "$BUNDLE" "$APP/model/$NAME"
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MONAI_LABEL_DATASTORE_AUTO_RELOAD=${MONAI_LABEL_DATASTORE_AUTO_RELOAD:-true}
-# the app imports the bundle package (bundle.postprocess, bundle.nuclei)
+# the app imports the bundle package (bundle.pipeline.split, bundle.pipeline.measure)
 export PYTHONPATH="$APP:$BUNDLE${PYTHONPATH:+:$PYTHONPATH}"
 cd "$APP"
 # .venv-label/bin/monailabel is a bash wrapper that runs whichever `python` is first on PATH and puts the

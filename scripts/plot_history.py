@@ -1,4 +1,4 @@
-"""Plot a training curve from ``history.jsonl`` (written by ``bundle.tracking.TrainingHistory``) to a PNG.
+"""Plot a training curve from ``history.jsonl`` (written by ``bundle.training.tracking.TrainingHistory``) to a PNG.
 
     python scripts/plot_history.py runs/train/history.jsonl docs/training_curve.png
 """

@@ -19,7 +19,7 @@ from typing import List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.config_io import load_config  # noqa: E402
-from bundle.slide import SlideReadError  # noqa: E402
+from bundle.io.slides import SlideReadError  # noqa: E402
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -100,7 +100,7 @@ fi
 OMP_NUM_THREADS=1 "$VENV/bin/python" - <<'EOF'
 import monai, monailabel, numpy, torch, torchvision
 import monailabel.transform.post  # imports torchvision.utils
-import bundle.networks, bundle.postprocess, bundle.nuclei
+import bundle.networks, bundle.pipeline.split, bundle.pipeline.measure
 print(f"ok: monailabel {monailabel.__version__}, monai {monai.__version__}, torch {torch.__version__}, "
       f"torchvision {torchvision.__version__} (C++ ops: {torchvision.extension._has_ops()}), numpy {numpy.__version__}")
 EOF

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bundle.checkpoints import find_last_checkpoint, load_state_dict, restore_best_metric
+from bundle.training.checkpoints import find_last_checkpoint, load_state_dict, restore_best_metric
 from bundle.config_io import BUNDLE_ROOT
 
 

@@ -1,4 +1,4 @@
-"""Data lists, splits and bad-input handling of bundle.data / bundle.image_io."""
+"""Data lists, splits and bad-input handling of bundle.data.datalists / bundle.io.images."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bundle.data import group_id, make_split, paired_datalist, scan_images, split_datalist
-from bundle.image_io import ImageReadError, inspect_image, read_mask, read_rgb
+from bundle.data.datalists import group_id, make_split, paired_datalist, scan_images, split_datalist
+from bundle.io.images import ImageReadError, inspect_image, read_mask, read_rgb
 from tests.helpers import MONUSEG, SHARED_DATA, TNBC, make_bad_image_folder
 
 GROUP_CASES = [

@@ -22,7 +22,7 @@ import torch
 import yaml
 from PIL import Image
 
-from bundle.checkpoints import load_state_dict
+from bundle.training.checkpoints import load_state_dict
 from bundle.config_io import config_path, load_config
 from tests.helpers import MONUSEG, ROOT, make_bad_image_folder
 

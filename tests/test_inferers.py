@@ -1,4 +1,4 @@
-"""Flip test-time augmentation (bundle.inferers.FlipTTAInferer)."""
+"""Flip test-time augmentation (bundle.pipeline.inferers.FlipTTAInferer)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 
-from bundle.inferers import FlipTTAInferer
+from bundle.pipeline.inferers import FlipTTAInferer
 from bundle.networks import GRUNet
 
 CASES = [

@@ -1,4 +1,4 @@
-"""Instance splitting (bundle.postprocess) and instance metrics (AJI, PQ, detection F1)."""
+"""Instance splitting (bundle.pipeline.split) and instance metrics (AJI, PQ, detection F1)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.image_io import read_mask
-from bundle.metrics import aggregated_jaccard_index, detection_f1, instance_overlaps, panoptic_quality
-from bundle.postprocess import SplitNucleusChannelsd, binary_mask, split_instances
-from bundle.targets import instance_labels, normalized_distance
+from bundle.io.images import read_mask
+from bundle.evaluation.metrics import aggregated_jaccard_index, detection_f1, instance_overlaps, panoptic_quality
+from bundle.pipeline.split import SplitNucleusChannelsd, binary_mask, split_instances
+from bundle.data.targets import instance_labels, normalized_distance
 from tests.helpers import MONUSEG
 
 

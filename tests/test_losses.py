@@ -1,11 +1,11 @@
-"""The training loss (bundle.losses.NucleusLoss)."""
+"""The training loss (bundle.training.losses.NucleusLoss)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bundle.losses import NucleusLoss
+from bundle.training.losses import NucleusLoss
 
 SHAPE_CASES = [
     # (pred channels, target channels)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bundle.metrics import confusion_counts, scores_from_counts, summarize
+from bundle.evaluation.metrics import confusion_counts, scores_from_counts, summarize
 
 P = np.array([[1, 1, 0, 0], [1, 0, 0, 0]])
 T = np.array([[1, 0, 0, 0], [1, 1, 1, 0]])

@@ -16,10 +16,10 @@ from parameterized import parameterized
 from skimage.draw import disk
 
 from bundle.config_io import load_config
-from bundle.image_io import read_rgb
-from bundle.nuclei import CSV_COLUMNS, measure_nuclei, nucleus_feature, polygon_area
-from bundle.slide import ImageSource, SlideReadError, SlideSource, open_source, tissue_mask
-from bundle.slide_inference import NucleusSegmenter
+from bundle.io.images import read_rgb
+from bundle.pipeline.measure import CSV_COLUMNS, measure_nuclei, nucleus_feature, polygon_area
+from bundle.io.slides import ImageSource, SlideReadError, SlideSource, open_source, tissue_mask
+from bundle.pipeline.segmenter import NucleusSegmenter
 from tests.helpers import ROOT, SHARED_DATA, first_sample
 
 SAMPLE_RGB = read_rgb(first_sample())

@@ -1,4 +1,4 @@
-"""Training targets of the distance head (bundle.targets)."""
+"""Training targets of the distance head (bundle.data.targets)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from bundle.image_io import read_mask
-from bundle.targets import NucleusTargetsd, instance_labels, normalized_distance
+from bundle.io.images import read_mask
+from bundle.data.targets import NucleusTargetsd, instance_labels, normalized_distance
 from tests.helpers import MONUSEG
 
 LABEL_CASES = [

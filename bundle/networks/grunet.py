@@ -86,7 +86,7 @@ class GRUNet(nn.Module):
         distance_head: add a :class:`DistanceHead` on the last decoder level; its logit is appended as the last
             output channel (sigmoid: each nucleus pixel's normalised distance to its border, for instance
             separation). Default False.
-        text_prior: (P, D) prompt embeddings (see :mod:`bundle.text_prior`), kept as a buffer so inference needs no
+        text_prior: (P, D) prompt embeddings (see :mod:`bundle.networks.text_prior`), kept as a buffer so inference needs no
             text encoder. When None, a zero buffer of shape (n_prompts, text_dim) is made; a checkpoint fills it.
         n_prompts: P when ``text_prior`` is None. Default 16.
         text_dim: D when ``text_prior`` is None. Default 384 (all-MiniLM-L6-v2).

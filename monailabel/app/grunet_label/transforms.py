@@ -16,9 +16,9 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import optional_import
 
-from bundle.image_io import read_rgb
-from bundle.nuclei import measure_nuclei
-from bundle.postprocess import split_instances
+from bundle.io.images import read_rgb
+from bundle.pipeline.measure import measure_nuclei
+from bundle.pipeline.split import split_instances
 
 openslide, _ = optional_import("openslide")
 
@@ -82,8 +82,8 @@ class LoadRegiond(MapTransform):
 class NucleusPolygonsd(MapTransform):
     """Binary nucleus mask -> one polygon per nucleus, in MONAI Label's annotation format.
 
-    The mask is split into touching nuclei (``bundle.postprocess.split_instances``), each outlined by
-    ``bundle.nuclei.measure_nuclei`` and mapped to level-0 pixels with ``location`` and ``downsample``.
+    The mask is split into touching nuclei (``bundle.pipeline.split.split_instances``), each outlined by
+    ``bundle.pipeline.measure.measure_nuclei`` and mapped to level-0 pixels with ``location`` and ``downsample``.
     Writes ``data[result]["annotation"] = {"location", "size", "elements": [{"label", "contours"}], "labels"}``,
     which ``monailabel.transform.writer.PolygonWriter`` turns into ASAP XML or DSA JSON.
 
@@ -93,7 +93,7 @@ class NucleusPolygonsd(MapTransform):
         color: RGB colour of that class in the viewers.
         rgb_key: the uint8 (H, W, 3) image the mask was computed on.
         distance_postfix: ``key + "_" + distance_postfix`` holds the network's normalised distance (1, H, W) when it
-            has a distance head (``bundle.postprocess.SplitNucleusChannelsd``); nuclei are then split on its markers.
+            has a distance head (``bundle.pipeline.split.SplitNucleusChannelsd``); nuclei are then split on its markers.
         marker_height: h-maxima height of those markers.
         min_size: smallest nucleus kept, in pixels.
         result: key of the result dictionary.

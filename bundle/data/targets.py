@@ -11,7 +11,7 @@ from monai.transforms import MapTransform
 from monai.utils.type_conversion import convert_to_dst_type
 from scipy import ndimage
 
-from bundle.postprocess import as_2d
+from bundle.pipeline.split import as_2d
 
 __all__ = ["instance_labels", "normalized_distance", "NucleusTargetsd"]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple, Union
 
-from bundle.image_io import ImageReadError, inspect_image, is_image_file, read_mask
+from bundle.io.images import ImageReadError, inspect_image, is_image_file, read_mask
 
 __all__ = [
     "SPLIT_MODES",

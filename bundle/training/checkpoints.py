@@ -75,7 +75,7 @@ def restore_best_metric(saver: Any, history: PathLike, metric: str = "val_mean_d
 
     Without this a resumed training forgets its best validation score and overwrites ``model.pt`` with the next,
     possibly worse, model. The best score is read from the run's ``history.jsonl``
-    (:class:`bundle.tracking.TrainingHistory`), which records every validation, also those after the last
+    (:class:`bundle.training.tracking.TrainingHistory`), which records every validation, also those after the last
     complete checkpoint: its maximum is the score of the ``model.pt`` on disk.
 
     Returns:

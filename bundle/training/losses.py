@@ -19,7 +19,7 @@ class NucleusLoss(nn.Module):
         lambda_distance: weight of the distance terms.
 
     Shapes: ``pred`` (B, 1, H, W) logits, or (B, 2, H, W) with the distance logit last; ``target`` (B, 1, H, W)
-    binary mask, or (B, 2, H, W) mask and normalised distance (:class:`bundle.targets.NucleusTargetsd`).
+    binary mask, or (B, 2, H, W) mask and normalised distance (:class:`bundle.data.targets.NucleusTargetsd`).
     A one-channel ``pred`` is scored on the mask only (networks without a distance head).
 
     Raises:
@@ -37,7 +37,7 @@ class NucleusLoss(nn.Module):
         if pred.shape[1] == 2 and target.shape[1] != 2:
             raise ValueError(
                 f"the network has a distance head but the target has no distance channel (target {list(target.shape)}); "
-                "make the targets with bundle.targets.NucleusTargetsd"
+                "make the targets with bundle.data.targets.NucleusTargetsd"
             )
         loss = self.mask_loss(pred[:, :1], target[:, :1])
         if pred.shape[1] == 1:

@@ -1,7 +1,7 @@
 """Save the shipped network's full-resolution outputs per image, for post-processing studies and head training.
 
-    python scripts/cache_predictions.py --dataset_dir <monuseg>/train --split all --output_dir runs/cache/monuseg --features
-    python scripts/cache_predictions.py --dataset_dir <tnbc> --split_mode none --output_dir runs/cache/tnbc --tta
+    python scripts/research/cache_predictions.py --dataset_dir <monuseg>/train --split all --output_dir runs/cache/monuseg --features
+    python scripts/research/cache_predictions.py --dataset_dir <tnbc> --split_mode none --output_dir runs/cache/tnbc --tta
 
 For every image of the split, ``<output_dir>/<id>.npz`` holds ``prob`` (H, W) float16 nucleus probability from the
 sliding-window inferer of ``configs/inference.json`` (``distance`` too when the checkpoint has a distance head); with ``--tta`` also ``prob_tta`` (the mean over the four
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bundle.checkpoints import load_state_dict  # noqa: E402
+from bundle.training.checkpoints import load_state_dict  # noqa: E402
 from bundle.config_io import load_config  # noqa: E402
-from bundle.data import make_split  # noqa: E402
+from bundle.data.datalists import make_split  # noqa: E402
 
 FLIPS = ((), (2,), (3,), (2, 3))
 

@@ -4,7 +4,7 @@ For each input, :class:`NucleusSegmenter` writes into ``<output_dir>/<stem>/``:
 
 - ``<stem>_instances.tif``: uint32 instance label image, level-0 size, tiled and compressed;
 - ``<stem>.geojson``: QuPath-compatible FeatureCollection of nucleus polygons (level-0 pixels) with measurements;
-- ``<stem>_nuclei.csv``: one row per nucleus (:data:`bundle.nuclei.CSV_COLUMNS`);
+- ``<stem>_nuclei.csv``: one row per nucleus (:data:`bundle.pipeline.measure.CSV_COLUMNS`);
 - ``<stem>_thumbnail.png``: a low-resolution overlay with the nuclei and the detected tissue outlined;
 - ``<stem>_summary.json``: count, density per mm^2 of tissue, resolution and its source, tiles, time, memory;
 
@@ -12,7 +12,7 @@ and, for a batch, ``report.json`` with what was written and what was skipped and
 
 The slide is read at the model's resolution (``model_mpp``) in tiles of ``tile_size`` pixels with ``margin``
 pixels of context on each side; tiles without tissue (on a thumbnail) are skipped. Each tile's nuclei are
-split by :func:`bundle.postprocess.split_instances` and a nucleus is kept by the one tile whose core holds its
+split by :func:`bundle.pipeline.split.split_instances` and a nucleus is kept by the one tile whose core holds its
 centroid, so nuclei across tile borders are neither duplicated nor cut (the margin exceeds a nucleus diameter).
 """
 
@@ -36,10 +36,10 @@ from skimage.draw import polygon as fill_polygon
 from skimage.draw import polygon_perimeter
 from tqdm import tqdm
 
-from bundle.checkpoints import load_state_dict
-from bundle.nuclei import Nucleus, density_per_mm2, measure_nuclei, write_csv, write_geojson
-from bundle.postprocess import split_instances
-from bundle.slide import IMAGE_SUFFIXES, SLIDE_SUFFIXES, SlideReadError, open_source, tissue_mask
+from bundle.training.checkpoints import load_state_dict
+from bundle.pipeline.measure import Nucleus, density_per_mm2, measure_nuclei, write_csv, write_geojson
+from bundle.pipeline.split import split_instances
+from bundle.io.slides import IMAGE_SUFFIXES, SLIDE_SUFFIXES, SlideReadError, open_source, tissue_mask
 
 __all__ = ["NucleusSegmenter", "find_inputs", "peak_rss_mb"]
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Dict, List, Sequence, Union
 
 import torch
 
-from bundle.checkpoints import load_torch_file
+from bundle.training.checkpoints import load_torch_file
 
 __all__ = [
     "DEFAULT_ENCODER",

@@ -1,7 +1,7 @@
 """Fit the distance head of a trained GRU-Net on its frozen last-decoder features, and pack it into the checkpoint.
 
-    python scripts/cache_predictions.py --dataset_dir <monuseg>/train --split all --output_dir runs/cache/monuseg --features
-    python scripts/train_distance_head.py --dataset_dir <monuseg>/train --cache_dir runs/cache/monuseg \\
+    python scripts/research/cache_predictions.py --dataset_dir <monuseg>/train --split all --output_dir runs/cache/monuseg --features
+    python scripts/research/train_distance_head.py --dataset_dir <monuseg>/train --cache_dir runs/cache/monuseg \\
         --output runs/distance_head/model.pt
 
 The network's trunk and nucleus head stay as trained; only :class:`bundle.networks.blocks.DistanceHead` learns
@@ -24,15 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bundle.checkpoints import load_state_dict  # noqa: E402
-from bundle.data import make_split  # noqa: E402
-from bundle.image_io import read_mask  # noqa: E402
-from bundle.metrics import aggregated_jaccard_index, detection_f1, panoptic_quality  # noqa: E402
+from bundle.training.checkpoints import load_state_dict  # noqa: E402
+from bundle.data.datalists import make_split  # noqa: E402
+from bundle.io.images import read_mask  # noqa: E402
+from bundle.evaluation.metrics import aggregated_jaccard_index, detection_f1, panoptic_quality  # noqa: E402
 from bundle.networks.blocks import DistanceHead  # noqa: E402
-from bundle.postprocess import split_instances  # noqa: E402
-from bundle.targets import instance_labels, normalized_distance  # noqa: E402
+from bundle.pipeline.split import split_instances  # noqa: E402
+from bundle.data.targets import instance_labels, normalized_distance  # noqa: E402
 
 
 def _load(cache_dir: Path, items: List[Dict[str, str]]) -> List[Dict[str, np.ndarray]]:
@@ -72,7 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset_dir", required=True)
     parser.add_argument("--cache_dir", required=True)
-    parser.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "models" / "model.pt"))
+    parser.add_argument("--model", default=str(Path(__file__).resolve().parents[2] / "models" / "model.pt"))
     parser.add_argument("--output", required=True, help="checkpoint to write (original weights + distance head)")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=16)

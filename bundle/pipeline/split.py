@@ -83,7 +83,7 @@ def split_instances(
             scored best by AJI on 8 MoNuSeg training images at 40x (``scripts/evaluate_instances.py``).
         distance: predicted normalised distance (H, W) or (1, H, W) in [0, 1] (array or tensor), or None.
         marker_height: h of the h-maxima markers, in normalised-distance units. The default 0.2 scored best by AJI
-            on 8 MoNuSeg training images (``scripts/train_distance_head.py``).
+            on 8 MoNuSeg training images (``scripts/research/train_distance_head.py``).
 
     Returns:
         int32 (H, W): 0 background, 1..N one label per nucleus.

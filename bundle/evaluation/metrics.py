@@ -19,9 +19,9 @@ import torch
 from monai.utils import min_version, optional_import
 from scipy import ndimage
 
-from bundle.image_io import read_mask
-from bundle.postprocess import split_instances
-from bundle.targets import instance_labels
+from bundle.io.images import read_mask
+from bundle.pipeline.split import split_instances
+from bundle.data.targets import instance_labels
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -203,12 +203,12 @@ class SegmentationReport:
         label_key: batch key of the truth (B, 1, H, W).
         prefix: prefix of the names put in ``engine.state.metrics``.
         instances: also compute AJI, PQ (DQ, SQ) and detection F1: predicted nuclei are split by
-            :func:`bundle.postprocess.split_instances`, true nuclei are read from the label's file (instance ids;
+            :func:`bundle.pipeline.split.split_instances`, true nuclei are read from the label's file (instance ids;
             a binary mask is split into connected components).
         min_distance: ``split_instances``'s smallest distance between nucleus centres (mask-only splitting).
         sigma: ``split_instances``'s smoothing of the distance transform (mask-only splitting).
         distance_key: batch key of the predicted normalised distance (1, H, W) (see
-            :class:`bundle.postprocess.SplitNucleusChannelsd`); when an item has it, nuclei are split on its markers.
+            :class:`bundle.pipeline.split.SplitNucleusChannelsd`); when an item has it, nuclei are split on its markers.
         marker_height: ``split_instances``'s h-maxima height of the distance markers.
     """
 

@@ -19,7 +19,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from bundle.image_io import ImageReadError, read_rgb
+from bundle.io.images import ImageReadError, read_rgb
 
 __all__ = ["SlideReadError", "SlideSource", "ImageSource", "open_source", "tissue_mask", "SLIDE_SUFFIXES", "IMAGE_SUFFIXES"]
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Pack a checkpoint's weights into small files and back (for moving weights through size-limited channels).
 
-    python scripts/pack_weights.py pack models/model.pt /tmp/out/model --chunk-mb 15
-    python scripts/pack_weights.py unpack /tmp/out/model models/model.pt
+    python scripts/research/pack_weights.py pack models/model.pt /tmp/out/model --chunk-mb 15
+    python scripts/research/pack_weights.py unpack /tmp/out/model models/model.pt
 
 ``pack`` keeps the network state dict only, stores tensors of at least ``--min-fp16`` elements in float16
 (BatchNorm statistics and small tensors stay float32) and splits the file into ``<prefix>.partNN`` chunks.
@@ -19,9 +19,9 @@ from typing import List, Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bundle.checkpoints import load_state_dict  # noqa: E402
+from bundle.training.checkpoints import load_state_dict  # noqa: E402
 
 
 def pack(src: str, prefix: str, chunk_mb: float = 15.0, min_fp16: int = 4096) -> List[Path]:

@@ -1,0 +1,1 @@
+"""Data lists, transforms and training targets."""

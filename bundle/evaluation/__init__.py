@@ -1,0 +1,1 @@
+"""Evaluation: per-image mask and instance scores."""

@@ -1,0 +1,1 @@
+"""The nucleus pipeline: check -> predict -> split -> measure, composed by the segmenter."""
