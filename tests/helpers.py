@@ -56,3 +56,56 @@ def make_bad_image_folder(folder: Path) -> Dict[str, Path]:
     Image.fromarray(rgb[:100, :130]).save(paths["tiff"])
     Image.fromarray(rgb[:70, :70]).save(paths["jpeg"], quality=95)
     return paths
+
+
+def sample_rgb() -> np.ndarray:
+    """The first MoNuSeg sample crop, RGB uint8 (256, 256, 3)."""
+    return np.asarray(Image.open(first_sample()).convert("RGB"))
+
+
+def write_png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header declares ``width`` x ``height`` RGB pixels but holds almost no data (a few hundred bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 3 * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def tiled_tissue(height: int, width: int) -> np.ndarray:
+    """RGB uint8 (height, width, 3) tissue everywhere: the sample crop mirrored to any size."""
+    rgb = sample_rgb()
+    reps = (-(-height // rgb.shape[0]) + 1, -(-width // rgb.shape[1]) + 1, 1)
+    big = np.tile(np.concatenate([rgb, rgb[::-1]], 0), (reps[0] // 2 + 1, 1, 1))
+    big = np.tile(np.concatenate([big, big[:, ::-1]], 1), (1, reps[1] // 2 + 1, 1))
+    return np.ascontiguousarray(big[:height, :width])
+
+
+def make_pipeline_cases(folder: Path) -> Dict[str, Path]:
+    """One file per bad-input case of the pipeline (see tests/test_pipeline.py); returns the paths by case."""
+    import tifffile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = sample_rgb()
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    paths = {
+        "header_bomb": write_png_header_only(folder / "bomb.png", 60000, 60000),
+        "edge_strip": folder / "edge_strip.png",
+        "tiny": folder / "tiny.png",
+        "gray": folder / "gray.png",
+        "two_channel": folder / "two_channel.tif",
+        "multipage_gray": folder / "multipage_gray.tif",
+    }
+    wide = np.full((300, 1030, 3), 245, np.uint8)
+    wide[:, 1020:] = tiled_tissue(300, 10)  # tissue only in the last strip (sides of 1024k + 6 px)
+    Image.fromarray(wide).save(paths["edge_strip"])
+    Image.fromarray(rgb[:40, :60]).save(paths["tiny"])
+    Image.fromarray(gray).save(paths["gray"])
+    tifffile.imwrite(paths["two_channel"], np.stack([gray, np.full_like(gray, 255)], -1), photometric="minisblack", extrasamples=["unassalpha"])
+    tifffile.imwrite(paths["multipage_gray"], np.stack([gray, gray[::-1]]), photometric="minisblack")
+    return paths

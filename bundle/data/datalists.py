@@ -7,7 +7,9 @@ Layouts (as in the MoNuSeg and TNBC releases)::
 
 Every file is checked when the list is made: files that are not images, images that cannot be decoded and
 images without a mask are skipped and reported (logged, and returned in :attr:`DataScan.skipped`); the rest
-goes on. A missing folder, or one with nothing usable, raises an error naming it.
+goes on. A missing folder, or one with nothing usable, raises an :class:`~bundle.errors.InputError` naming it
+(:class:`DatasetNotFoundError` / :class:`DatasetNotAFolderError` are also ``FileNotFoundError`` /
+``NotADirectoryError``); bad split options raise :class:`~bundle.errors.InputError` (a ``ValueError``).
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple, Union
 
+from bundle.errors import InputError
 from bundle.io.images import ImageReadError, inspect_image, is_image_file, read_mask
 
 __all__ = [
     "SPLIT_MODES",
+    "DatasetNotFoundError",
+    "DatasetNotAFolderError",
     "DataScan",
     "group_id",
     "scan_images",
@@ -36,6 +41,14 @@ SPLIT_MODES = ("random", "kfold", "patient", "none")
 PathLike = Union[str, os.PathLike]
 logger = logging.getLogger(__name__)
 _TCGA_PATIENT = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})", re.IGNORECASE)
+
+
+class DatasetNotFoundError(InputError, FileNotFoundError):
+    """A dataset or image folder that does not exist (an :class:`InputError` and a ``FileNotFoundError``)."""
+
+
+class DatasetNotAFolderError(InputError, NotADirectoryError):
+    """A dataset or image folder path that is a file (an :class:`InputError` and a ``NotADirectoryError``)."""
 
 
 @dataclass
@@ -67,9 +80,9 @@ def group_id(stem: str) -> str:
 
 def _require_dir(path: Path, what: str) -> None:
     if not path.exists():
-        raise FileNotFoundError(f"{what} does not exist: {path}")
+        raise DatasetNotFoundError(f"{what} does not exist: {path}")
     if not path.is_dir():
-        raise NotADirectoryError(f"{what} is not a folder: {path}")
+        raise DatasetNotAFolderError(f"{what} is not a folder: {path}")
 
 
 def _list_files(folder: Path, scan: DataScan) -> List[Path]:
@@ -94,8 +107,8 @@ def scan_images(image_dir: PathLike) -> DataScan:
         :class:`DataScan` whose items are ``{"image", "id", "group"}``.
 
     Raises:
-        FileNotFoundError: the folder does not exist.
-        ValueError: the folder holds no readable image.
+        DatasetNotFoundError: the folder does not exist (a ``FileNotFoundError``).
+        InputError: the folder holds no readable image (a ``ValueError``).
     """
     image_dir = Path(image_dir)
     scan = DataScan()
@@ -112,7 +125,7 @@ def scan_images(image_dir: PathLike) -> DataScan:
             continue
         scan.items.append({"image": str(path), "id": path.stem, "group": group_id(path.stem)})
     if not scan.items:
-        raise ValueError(f"no readable image in {image_dir} ({len(scan.skipped)} file(s) skipped)")
+        raise InputError(f"no readable image in {image_dir} ({len(scan.skipped)} file(s) skipped)")
     return scan
 
 
@@ -127,8 +140,9 @@ def paired_datalist(
         :class:`DataScan` whose items are ``{"image", "label", "id", "group"}``.
 
     Raises:
-        FileNotFoundError: a dataset folder, or its images/masks folder, does not exist.
-        ValueError: no usable image-mask pair was found.
+        DatasetNotFoundError: a dataset folder, or its images/masks folder, does not exist (a ``FileNotFoundError``).
+        DatasetNotAFolderError: one of them is a file (a ``NotADirectoryError``).
+        InputError: no usable image-mask pair was found (a ``ValueError``).
     """
     dirs = [dataset_dir] if isinstance(dataset_dir, (str, os.PathLike)) else list(dataset_dir)
     scan = DataScan()
@@ -154,7 +168,7 @@ def paired_datalist(
                 continue
             scan.items.append({"image": str(image), "label": str(mask), "id": image.stem, "group": group_id(image.stem)})
     if not scan.items:
-        raise ValueError(f"no usable image-mask pair in {', '.join(map(str, dirs))} ({len(scan.skipped)} skipped)")
+        raise InputError(f"no usable image-mask pair in {', '.join(map(str, dirs))} ({len(scan.skipped)} skipped)")
     return scan
 
 
@@ -180,29 +194,29 @@ def split_datalist(
         seed: shuffling seed.
 
     Raises:
-        ValueError: unknown mode, bad fraction or fold, or too few items/patients to split.
+        InputError: unknown mode, bad fraction or fold, or too few items/patients to split (a ``ValueError``).
     """
     if mode not in SPLIT_MODES:
-        raise ValueError(f"split mode must be one of {SPLIT_MODES}, got {mode!r}")
+        raise InputError(f"split mode must be one of {SPLIT_MODES}, got {mode!r}")
     items = sorted(items, key=lambda d: d["id"])
     if mode == "none":
         return list(items), list(items)
     rng = random.Random(seed)
     if mode == "random":
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if len(items) < 2:
-            raise ValueError(f"need at least 2 images to split, got {len(items)}")
+            raise InputError(f"need at least 2 images to split, got {len(items)}")
         order = list(items)
         rng.shuffle(order)
         n_val = min(len(order) - 1, max(1, round(val_fraction * len(order))))
         return sorted(order[n_val:], key=lambda d: d["id"]), sorted(order[:n_val], key=lambda d: d["id"])
     if num_folds < 2 or not 0 <= fold < num_folds:
-        raise ValueError(f"need num_folds >= 2 and 0 <= fold < num_folds, got fold {fold} of {num_folds}")
+        raise InputError(f"need num_folds >= 2 and 0 <= fold < num_folds, got fold {fold} of {num_folds}")
     keys = sorted({d["group"] for d in items}) if mode == "patient" else [d["id"] for d in items]
     if len(keys) < num_folds:
         what = "patients" if mode == "patient" else "images"
-        raise ValueError(f"{num_folds} folds need at least {num_folds} {what}, got {len(keys)}")
+        raise InputError(f"{num_folds} folds need at least {num_folds} {what}, got {len(keys)}")
     rng.shuffle(keys)
     val_keys = set(keys[fold::num_folds])
     key = "group" if mode == "patient" else "id"

@@ -14,14 +14,20 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageReadError", "ImageInfo", "is_image_file", "inspect_image", "read_rgb", "read_mask"]
+from bundle.errors import InputError
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+__all__ = [
+    "IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS", "ImageReadError", "ImageInfo", "is_image_file", "inspect_image", "read_rgb",
+    "read_rgb_checked", "read_mask",
+]
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+DEFAULT_MAX_PIXELS = 64_000_000  # plain images above this are refused from their header (memory: 3 bytes a pixel)
 PathLike = Union[str, os.PathLike]
 _CONVERTED_MODES = {
     "L": "grayscale image replicated to RGB",
@@ -36,7 +42,7 @@ _CONVERTED_MODES = {
 _REFUSED_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError):
     """A file that cannot be used as an image or mask; the message names the file and the problem."""
 
 
@@ -55,29 +61,45 @@ def is_image_file(path: PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _open_fully(path: Path) -> Image.Image:
+def _open_fully(path: Path, max_pixels: Optional[int] = None) -> Image.Image:
+    """Open and decode ``path``; its size is checked against ``max_pixels`` from the header, before decoding."""
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
     try:
         im = Image.open(path)
-        im.load()  # decode everything now, so that truncated files fail here and not mid-run
-        return im
+    except Image.DecompressionBombError as err:  # over twice PIL's MAX_IMAGE_PIXELS: refused before decoding
+        raise ImageReadError(f"{path}: image too large to decode in memory ({err}); convert it to a tiled pyramidal TIFF") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"{path}: not a readable image ({err})") from err
+    if max_pixels is not None and im.width * im.height > max_pixels:
+        im.close()
+        raise ImageReadError(
+            f"{path}: {im.width} x {im.height} image is over the limit of {max_pixels / 1e6:g} megapixels for plain images "
+            "(max_image_megapixels); convert it to a tiled pyramidal TIFF, which is read tile by tile"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size was checked above
+            im.load()  # decode everything now, so that truncated files fail here and not mid-run
+        return im
+    except (OSError, SyntaxError, ValueError, MemoryError) as err:
+        im.close()
+        raise ImageReadError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
 
 
-def inspect_image(path: PathLike, warn: bool = True) -> ImageInfo:
+def inspect_image(path: PathLike, warn: bool = True, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Check that ``path`` is an H&E image the bundle can use.
 
     Args:
         path: PNG, JPEG or TIFF file.
         warn: issue a ``UserWarning`` naming the file when the image will be converted to RGB.
+        max_pixels: larger images are refused from their header, before decoding (None: no limit).
 
     Raises:
-        ImageReadError: missing, corrupt or non-image file; 16-bit or floating-point image; unsupported mode.
+        ImageReadError: missing, corrupt or non-image file; too large; 16-bit or floating-point image; unsupported mode.
     """
     path = Path(path)
-    with _open_fully(path) as im:
+    with _open_fully(path, max_pixels) as im:
         return _check_mode(path, im, warn)
 
 
@@ -96,12 +118,17 @@ def _check_mode(path: Path, im: Image.Image, warn: bool) -> ImageInfo:
     return ImageInfo(height, width, mode, conversion)
 
 
-def read_rgb(path: PathLike) -> np.ndarray:
+def read_rgb(path: PathLike, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an H&E image as RGB uint8 (H, W, 3), with the checks and conversions of :func:`inspect_image`."""
+    return read_rgb_checked(path, max_pixels)[0]
+
+
+def read_rgb_checked(path: PathLike, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Tuple[np.ndarray, ImageInfo]:
+    """:func:`read_rgb` and what :func:`inspect_image` found (size, mode, conversion applied), decoding once."""
     path = Path(path)
-    with _open_fully(path) as im:
-        _check_mode(path, im, warn=False)
-        return np.asarray(im.convert("RGB"))
+    with _open_fully(path, max_pixels) as im:
+        info = _check_mode(path, im, warn=False)
+        return np.asarray(im.convert("RGB")), info
 
 
 def read_mask(path: PathLike) -> np.ndarray:
@@ -111,7 +138,7 @@ def read_mask(path: PathLike) -> np.ndarray:
         ImageReadError: missing, corrupt or non-image file, or a mask that is not single-channel.
     """
     path = Path(path)
-    with _open_fully(path) as im:
+    with _open_fully(path, DEFAULT_MAX_PIXELS) as im:
         if im.mode == "1":
             im = im.convert("L")
         arr = np.asarray(im)

@@ -19,19 +19,42 @@ from PIL import Image
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from bundle.io.images import ImageReadError, read_rgb
+from bundle.errors import InputError
+from bundle.io.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_rgb_checked
 
-__all__ = ["SlideReadError", "SlideSource", "ImageSource", "open_source", "tissue_mask", "SLIDE_SUFFIXES", "IMAGE_SUFFIXES"]
+__all__ = [
+    "SlideReadError", "SlideSource", "ImageSource", "open_source", "check_mpp", "tissue_mask",
+    "SLIDE_SUFFIXES", "IMAGE_SUFFIXES", "INPUT_SUFFIXES",
+]
 logger = logging.getLogger(__name__)
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".svslide", ".bif", ".vms", ".vmu", ".tif", ".tiff")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+INPUT_SUFFIXES = tuple(sorted(set(SLIDE_SUFFIXES) | set(IMAGE_SUFFIXES)))  # every input the pipeline accepts
 THUMBNAIL_CHUNK = 4096  # level pixels read at once while building a thumbnail
-Image.MAX_IMAGE_PIXELS = None  # plain images are checked by size below, not by PIL's bomb guard
 
 
-class SlideReadError(ValueError):
+class SlideReadError(InputError):
     """A slide or image cannot be used; the message names the file and the problem."""
+
+
+def check_mpp(mpp: Optional[float], path: Union[str, os.PathLike, None] = None) -> Optional[float]:
+    """``mpp`` as a float when it is a plausible resolution in microns per pixel, or None.
+
+    Raises:
+        InputError: zero, negative, not finite or implausible (outside 0.01..100 um/px).
+    """
+    if mpp is None:
+        return None
+    where = f"{path}: " if path is not None else ""
+    try:
+        value = float(mpp)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}--mpp must be a number of microns per pixel, got {mpp!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"{where}--mpp must be a positive number of microns per pixel (0.25 for 40x, 0.5 for 20x), got {mpp}")
+    if not 0.01 < value < 100:
+        raise InputError(f"{where}implausible resolution of {value} microns per pixel (expected 0.01..100; 0.25 for 40x)")
+    return value
 
 
 def _resize(rgb: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
@@ -51,6 +74,7 @@ class _Source:
     height: int
     mpp: float
     mpp_source: str
+    conversion: Optional[str] = None  # conversion applied to the pixels (grayscale -> RGB, ...), or None
 
     def read_region(self, x: int, y: int, w: int, h: int, out_shape: Tuple[int, int]) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
@@ -114,7 +138,7 @@ class SlideSource(_Source):
         else:
             try:
                 self.mpp = float(self.reader.get_mpp(self.wsi, 0)[0])
-            except Exception:
+            except Exception:  # MONAI raises ValueError or KeyError, OpenSlide returns None for a missing property
                 raise SlideReadError(
                     f"{self.path}: the slide has no microns-per-pixel metadata (openslide.mpp-x / TIFF resolution); "
                     "pass its resolution explicitly, e.g. --mpp 0.25 for 40x or --mpp 0.5 for 20x"
@@ -145,20 +169,23 @@ class SlideSource(_Source):
 
 
 class ImageSource(_Source):
-    """A plain image (PNG, JPEG, non-tiled TIFF) held in memory.
+    """A plain image (PNG, JPEG, non-tiled TIFF) held in memory, converted to RGB as :mod:`bundle.io.images` rules.
 
     Args:
         path: the image file.
         mpp: microns per pixel; when ``None`` the model's resolution ``default_mpp`` is assumed, with a warning.
         default_mpp: see ``mpp``.
+        max_pixels: larger images are refused from their header, before decoding.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], mpp: Optional[float] = None, default_mpp: float = 0.25):
+    def __init__(
+        self, path: Union[str, os.PathLike], mpp: Optional[float] = None, default_mpp: float = 0.25, max_pixels: int = DEFAULT_MAX_PIXELS
+    ):
         self.path = Path(path)
-        try:
-            self.rgb = read_rgb(self.path)
-        except ImageReadError as e:
-            raise SlideReadError(str(e)) from e
+        self.rgb, info = read_rgb_checked(self.path, max_pixels)
+        self.conversion = info.conversion
+        if self.conversion:
+            logger.warning("%s: %s", self.path, self.conversion)
         self.height, self.width = self.rgb.shape[:2]
         if mpp is not None:
             self.mpp, self.mpp_source = float(mpp), "user"
@@ -176,13 +203,17 @@ class ImageSource(_Source):
         return _resize(np.ascontiguousarray(self.rgb[y : y + h, x : x + w]), out_shape)
 
 
-def open_source(path: Union[str, os.PathLike], mpp: Optional[float] = None, default_mpp: float = 0.25) -> _Source:
-    """Open ``path`` as a slide (formats OpenSlide reads) or a plain image.
+def open_source(
+    path: Union[str, os.PathLike], mpp: Optional[float] = None, default_mpp: float = 0.25, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> _Source:
+    """Open ``path`` as a slide (formats OpenSlide reads) or a plain image (at most ``max_pixels``).
 
     Raises:
         SlideReadError: the path does not exist, is not a file, or is neither a readable slide nor image.
+        InputError: ``mpp`` is not a plausible resolution.
     """
     p = Path(path)
+    mpp = check_mpp(mpp, p)
     if not p.exists():
         raise SlideReadError(f"{p}: no such file")
     if not p.is_file():
@@ -202,23 +233,35 @@ def open_source(path: Union[str, os.PathLike], mpp: Optional[float] = None, defa
         if suffix not in IMAGE_SUFFIXES:
             raise SlideReadError(f"{p}: not a whole-slide image OpenSlide can read (format not recognised)")
     if suffix in IMAGE_SUFFIXES:
-        return ImageSource(p, mpp, default_mpp)
+        return ImageSource(p, mpp, default_mpp, max_pixels)
     raise SlideReadError(f"{p}: unsupported file type {p.suffix!r}; expected a slide ({', '.join(SLIDE_SUFFIXES)}) or an image ({', '.join(IMAGE_SUFFIXES)})")
 
 
-def tissue_mask(thumb: np.ndarray, min_saturation: float = 0.05, min_size: int = 16) -> np.ndarray:
-    """Tissue (bool, same H x W) of an RGB thumbnail: saturation above Otsu's threshold (at least ``min_saturation``).
+def _foreground(signal: np.ndarray, floor: float) -> np.ndarray:
+    """``signal`` above half its Otsu threshold (and above ``floor``), smoothed over 3 px."""
+    signal = ndimage.uniform_filter(signal, 3)
+    thr = floor
+    if signal.max() - signal.min() > 1e-3:
+        thr = max(thr, float(threshold_otsu(signal)) * 0.5)
+    return signal > thr
 
-    H&E tissue is coloured, glass and background are grey or white; a blank slide gives an empty mask.
+
+def tissue_mask(thumb: np.ndarray, min_saturation: float = 0.05, min_darkness: float = 0.1, min_size: int = 16) -> np.ndarray:
+    """Tissue (bool, same H x W) of an RGB thumbnail.
+
+    H&E tissue is coloured, glass and background are grey or white: tissue is where the saturation is above Otsu's
+    threshold (and ``min_saturation``). A grey image (a grayscale input converted to RGB, whose saturation is 0
+    everywhere) is judged by darkness instead (1 - intensity above Otsu's threshold and ``min_darkness``). A blank
+    slide gives an empty mask.
     """
     rgb = thumb.astype(np.float32) / 255.0
     mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
     sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
-    sat = ndimage.uniform_filter(sat, 3)
-    thr = min_saturation
-    if sat.max() - sat.min() > 1e-3:
-        thr = max(thr, float(threshold_otsu(sat)) * 0.5)
-    mask = ndimage.binary_closing(sat > thr, iterations=2)
+    if float(sat.max()) < min_saturation:  # no colour anywhere: a grayscale image
+        mask = _foreground(1.0 - rgb.mean(axis=-1), min_darkness)
+    else:
+        mask = _foreground(sat, min_saturation)
+    mask = ndimage.binary_closing(mask, iterations=2)
     mask = ndimage.binary_fill_holes(mask)
     labels, n = ndimage.label(mask)
     if n:

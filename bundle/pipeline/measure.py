@@ -1,4 +1,4 @@
-"""Per-nucleus measurements and polygons from an instance label map, and their QuPath GeoJSON / CSV forms.
+"""Per-nucleus measurements and polygons from an instance label map (the pipeline's measure stage).
 
 Measurements are taken on the map the model produced (model resolution) and reported in physical units
 (um, um^2) and in level-0 pixels of the source image or slide, so that polygons drawn by QuPath, DSA or ASAP
@@ -7,32 +7,15 @@ land on the nuclei.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple
 
 import numpy as np
 from skimage.color import rgb2hed
 from skimage.measure import approximate_polygon, find_contours, regionprops
 
-__all__ = ["Nucleus", "CSV_COLUMNS", "measure_nuclei", "nucleus_feature", "nucleus_row", "haematoxylin", "write_geojson", "write_csv"]
-
-CSV_COLUMNS = (
-    "id",
-    "centroid_x",
-    "centroid_y",
-    "area_um2",
-    "area_px",
-    "perimeter_um",
-    "eccentricity",
-    "solidity",
-    "mean_haematoxylin",
-)
-QUPATH_COLOUR = [0, 200, 0]
+__all__ = ["Nucleus", "measure_nuclei", "haematoxylin", "density_per_mm2"]
 
 
 @dataclass
@@ -132,69 +115,6 @@ def measure_nuclei(
             )
         )
     return nuclei
-
-
-def nucleus_row(nucleus: Nucleus) -> Dict[str, Any]:
-    """The CSV row (:data:`CSV_COLUMNS`) of a nucleus."""
-    return {
-        "id": nucleus.id,
-        "centroid_x": round(nucleus.centroid[0], 2),
-        "centroid_y": round(nucleus.centroid[1], 2),
-        "area_um2": round(nucleus.area_um2, 3),
-        "area_px": round(nucleus.area_px, 1),
-        "perimeter_um": round(nucleus.perimeter_um, 3),
-        "eccentricity": round(nucleus.eccentricity, 4),
-        "solidity": round(nucleus.solidity, 4),
-        "mean_haematoxylin": round(nucleus.mean_haematoxylin, 5),
-    }
-
-
-def nucleus_feature(nucleus: Nucleus) -> Dict[str, Any]:
-    """QuPath-compatible GeoJSON Feature: a detection Polygon (level-0 pixels) with measurements as properties."""
-    ring = [[round(float(x), 2), round(float(y), 2)] for x, y in nucleus.polygon]
-    ring.append(ring[0])
-    row = nucleus_row(nucleus)
-    measurements = {k: v for k, v in row.items() if k not in ("id", "centroid_x", "centroid_y")}
-    return {
-        "type": "Feature",
-        "id": f"nucleus-{nucleus.id}",
-        "geometry": {"type": "Polygon", "coordinates": [ring]},
-        "properties": {
-            "objectType": "detection",
-            "name": f"nucleus {nucleus.id}",
-            "classification": {"name": "Nucleus", "color": QUPATH_COLOUR},
-            "isLocked": False,
-            "measurements": measurements,
-        },
-    }
-
-
-def write_geojson(path: Union[str, os.PathLike], nuclei: Sequence[Nucleus]) -> Path:
-    """QuPath-compatible FeatureCollection of the nuclei (detections, level-0 pixels), streamed feature by feature."""
-    path = Path(path)
-    with open(path, "w") as f:
-        f.write('{"type": "FeatureCollection", "features": [')
-        for k, n in enumerate(nuclei):
-            f.write(("," if k else "") + "\n" + json.dumps(nucleus_feature(n)))
-        f.write("\n]}\n")
-    return path
-
-
-def write_csv(path: Union[str, os.PathLike], nuclei: Sequence[Nucleus]) -> Path:
-    """One row per nucleus, columns :data:`CSV_COLUMNS`."""
-    path = Path(path)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
-        writer.writeheader()
-        writer.writerows(nucleus_row(n) for n in nuclei)
-    return path
-
-
-def polygon_area(polygon: Sequence[Sequence[float]]) -> float:
-    """Shoelace area of a (K, 2) polygon, in its units squared."""
-    p = np.asarray(polygon, dtype=np.float64)
-    x, y = p[:, 0], p[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
 def density_per_mm2(count: int, area_um2: float) -> float:

@@ -1,7 +1,8 @@
-"""Network output -> nucleus mask and distance map -> instance label map (marker-controlled watershed)."""
+"""The pipeline's split stage: network output -> nucleus mask and distance map -> instance labels (watershed)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, Hashable, Mapping, Optional
 
 import numpy as np
@@ -13,7 +14,7 @@ from skimage.feature import peak_local_max
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-__all__ = ["DISTANCE_SIGMA", "as_2d", "binary_mask", "split_instances", "SplitNucleusChannelsd"]
+__all__ = ["DISTANCE_SIGMA", "as_2d", "binary_mask", "split_instances", "InstanceSplitter", "SplitNucleusChannelsd"]
 
 DISTANCE_SIGMA = 1.0  # pixels: smoothing of the predicted distance before its h-maxima are taken
 
@@ -120,6 +121,38 @@ def split_instances(
     lut = np.zeros(ids.max() + 1, np.int32)
     lut[ids[ids > 0]] = np.arange(1, (ids > 0).sum() + 1)
     return lut[labels]
+
+
+@dataclass(frozen=True)
+class InstanceSplitter:
+    """The splitting settings of the bundle (declared once, in ``configs/inference.json``), applied to one tile.
+
+    Args:
+        threshold: nucleus where the probability exceeds it, in (0, 1).
+        min_size: smallest nucleus in model pixels.
+        min_distance: smallest distance between nucleus centres in model pixels (mask-only splitting).
+        sigma: smoothing of the mask's distance transform in model pixels (mask-only splitting).
+        marker_height: h-maxima height on the predicted distance (networks with a distance head).
+
+    Raises:
+        ValueError: a threshold outside (0, 1), or a negative size, distance, sigma or height.
+    """
+
+    threshold: float = 0.5
+    min_size: int = 10
+    min_distance: int = 6
+    sigma: float = 3.0
+    marker_height: float = 0.2
+
+    def __post_init__(self):
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if min(self.min_size, self.min_distance, self.sigma, self.marker_height) < 0:
+            raise ValueError(f"min_size, min_distance, sigma and marker_height must be >= 0, got {self}")
+
+    def __call__(self, prob: Any, distance: Optional[Any] = None) -> np.ndarray:
+        """int32 (H, W) instance labels of a probability map (H, W) and optional distance map (H, W)."""
+        return split_instances(prob, self.threshold, self.min_size, self.min_distance, self.sigma, distance, self.marker_height)
 
 
 class SplitNucleusChannelsd(MapTransform):

@@ -13,8 +13,22 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-__all__ = ["find_last_checkpoint", "load_torch_file", "load_state_dict", "restore_best_metric"]
+from bundle.errors import InputError
+
+__all__ = [
+    "CheckpointNotFoundError",
+    "find_last_checkpoint",
+    "resume_checkpoint",
+    "load_torch_file",
+    "load_state_dict",
+    "restore_best_metric",
+]
 PathLike = Union[str, os.PathLike]
+logger = logging.getLogger(__name__)
+
+
+class CheckpointNotFoundError(InputError, FileNotFoundError):
+    """No file at a checkpoint's path (an :class:`~bundle.errors.InputError` and a ``FileNotFoundError``)."""
 
 
 def find_last_checkpoint(checkpoint_dir: PathLike, pattern: str = "checkpoint_epoch=*.pt") -> Optional[str]:
@@ -38,35 +52,50 @@ def find_last_checkpoint(checkpoint_dir: PathLike, pattern: str = "checkpoint_ep
     return None
 
 
+def resume_checkpoint(checkpoint_dir: PathLike) -> Optional[str]:
+    """The checkpoint ``--resume true`` continues from (:func:`find_last_checkpoint`), or None with a warning.
+
+    Without a complete checkpoint in ``checkpoint_dir`` training starts from scratch; the warning says so, naming
+    the folder, so that a mistyped ``--output_dir`` is noticed at once rather than after a full training.
+    """
+    found = find_last_checkpoint(checkpoint_dir)
+    if found is None:
+        logger.warning("--resume: no checkpoint in %s; training starts from scratch", Path(checkpoint_dir))
+    else:
+        logger.info("--resume: continuing from %s", found)
+    return found
+
+
 def load_torch_file(path: PathLike, what: str = "PyTorch checkpoint") -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with errors that name the file.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: not a ``torch.save`` archive, a corrupt one, or one holding types ``weights_only`` refuses.
+        CheckpointNotFoundError: no file at ``path`` (a ``FileNotFoundError``).
+        InputError: not a ``torch.save`` archive, a corrupt one, or one holding types ``weights_only`` refuses
+            (a ``ValueError``).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise CheckpointNotFoundError(f"{what} not found: {path}")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a readable {what} (not a torch.save archive)")
+        raise InputError(f"{path}: not a readable {what} (not a torch.save archive)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{path}: not a readable {what} ({err})") from err
+        raise InputError(f"{path}: not a readable {what} ({err})") from err
 
 
 def load_state_dict(path: PathLike, key: str = "model") -> Dict[str, torch.Tensor]:
     """Network weights from a checkpoint file: a plain state dict or ``{"model": state_dict, ...}``.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a readable PyTorch checkpoint.
+        CheckpointNotFoundError: no file at ``path`` (a ``FileNotFoundError``).
+        InputError: the file is not a readable PyTorch checkpoint or holds no state dict (a ``ValueError``).
     """
     ckpt = load_torch_file(path, "model checkpoint")
     state = ckpt.get(key, ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict or {{'{key}': state_dict}}")
+        raise InputError(f"{path}: expected a state dict or {{'{key}': state_dict}}")
     return state
 
 
@@ -76,16 +105,22 @@ def restore_best_metric(saver: Any, history: PathLike, metric: str = "val_mean_d
     Without this a resumed training forgets its best validation score and overwrites ``model.pt`` with the next,
     possibly worse, model. The best score is read from the run's ``history.jsonl``
     (:class:`bundle.training.tracking.TrainingHistory`), which records every validation, also those after the last
-    complete checkpoint: its maximum is the score of the ``model.pt`` on disk.
+    complete checkpoint, and from the ``history.dropped.jsonl`` beside it (validations after the checkpoint an
+    earlier resume continued from): their maximum is the score of the ``model.pt`` on disk.
 
     Returns:
         the restored best score, or None when the history holds no value of ``metric``.
     """
+    from bundle.training.tracking import DROPPED
+
     path = Path(history)
     if not path.is_file():
         return None
+    lines = path.read_text().splitlines()
+    if (path.parent / DROPPED).is_file():
+        lines += (path.parent / DROPPED).read_text().splitlines()
     scores = []
-    for line in path.read_text().splitlines():
+    for line in lines:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a kill

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from monai.handlers import MLFlowHandler
 
-__all__ = ["flatten_params", "set_mlflow_params", "TrainingHistory"]
+__all__ = ["flatten_params", "set_mlflow_params", "TrainingHistory", "HISTORY", "DROPPED", "PREVIOUS", "truncate_history"]
+
+HISTORY = "history.jsonl"
+DROPPED = "history.dropped.jsonl"  # records a resume took out of the history (epochs after its checkpoint)
+PREVIOUS = "history.previous.jsonl"  # the history of an earlier run in the same folder, moved aside by a fresh start
+logger = logging.getLogger(__name__)
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -49,13 +55,61 @@ def set_mlflow_params(
     return found
 
 
+def _read_lines(path: Path) -> List[str]:
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def truncate_history(output_dir: Union[str, os.PathLike], last_epoch: int) -> int:
+    """Make ``<output_dir>/history.jsonl`` end at epoch ``last_epoch``, the epoch training (re)starts after.
+
+    Resuming from the checkpoint of epoch E (``last_epoch`` E >= 1): records of epochs after E, written after that
+    checkpoint and before the run was killed, are moved to ``history.dropped.jsonl`` (their best validation score
+    is that of the ``model.pt`` on disk, which :func:`bundle.training.checkpoints.restore_best_metric` also
+    reads); the resumed run writes those epochs again, so each (event, epoch, iteration) is in the history once.
+    Starting from scratch (``last_epoch`` 0) in a folder that already has a history: that earlier run's file is
+    moved to ``history.previous.jsonl`` (replacing one there) and ``history.dropped.jsonl`` is removed. Lines cut
+    short by a kill are dropped.
+
+    Returns:
+        how many records were taken out of the history.
+    """
+    folder = Path(output_dir)
+    path = folder / HISTORY
+    lines = _read_lines(path)
+    if last_epoch < 1:
+        (folder / DROPPED).unlink(missing_ok=True)
+        if lines:
+            os.replace(path, folder / PREVIOUS)
+            logger.warning("%s: history of an earlier run moved to %s; this run starts a new one", path, folder / PREVIOUS)
+        return len(lines)
+    kept, dropped = [], []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        (kept if int(record.get("epoch", 0)) <= last_epoch else dropped).append(line)
+    if len(kept) == len(lines):
+        return 0
+    if dropped:
+        with open(folder / DROPPED, "a") as f:
+            f.write("".join(line + "\n" for line in dropped))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+    logger.info("%s: resuming after epoch %d, %d record(s) of later epochs moved to %s", path, last_epoch, len(dropped), folder / DROPPED)
+    return len(lines) - len(kept)
+
+
 class TrainingHistory:
     """Ignite handler appending the training curve to ``<output_dir>/history.jsonl``, one JSON object a line.
 
     Per iteration: ``{"event": "iteration", "epoch", "iteration", "loss", "lr"}``; per epoch:
     ``{"event": "epoch", "epoch", "seconds", <trainer metrics>, <validation metrics when validation ran>}``.
-    The file is appended to, so a resumed run continues the same curve. It works where MLflow is not installed;
-    ``scripts/mlflow_import_history.py`` loads it into an MLflow run.
+    A resumed run continues the same curve: when the first epoch of a run starts (after ``--resume`` restored the
+    trainer's state from the checkpoint of epoch E), records of epochs after E are taken out
+    (:func:`truncate_history`) and the run appends from epoch E + 1, so no record is in the file twice. It works
+    where MLflow is not installed; ``scripts/mlflow_import_history.py`` loads it into an MLflow run.
 
     Args:
         output_dir: folder of ``history.jsonl``.
@@ -63,13 +117,15 @@ class TrainingHistory:
     """
 
     def __init__(self, output_dir: Union[str, os.PathLike], validator: Optional[Any] = None):
-        self.path = Path(output_dir) / "history.jsonl"
+        self.path = Path(output_dir) / HISTORY
         self.validator = validator
         self._epoch_start = 0.0
+        self._truncated = False
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
 
+        engine.add_event_handler(Events.STARTED, self._start_run)
         engine.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
@@ -79,7 +135,15 @@ class TrainingHistory:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def _start_run(self, engine: Any) -> None:
+        self._truncated = False
+
     def _start_epoch(self, engine: Any) -> None:
+        # at the first epoch of a run, not at STARTED: a CheckpointLoader restores the trainer's epoch at STARTED,
+        # possibly after this handler
+        if not self._truncated:
+            truncate_history(self.path.parent, engine.state.epoch - 1)
+            self._truncated = True
         self._epoch_start = time.perf_counter()
 
     def _iteration(self, engine: Any) -> None:

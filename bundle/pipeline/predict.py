@@ -1,0 +1,67 @@
+"""The pipeline's predict stage: the network on one RGB tile, giving nucleus probability and distance maps."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+__all__ = ["TilePredictor"]
+
+
+class TilePredictor:
+    """Runs ``inferer(image, network)`` on an RGB uint8 tile and returns its probability maps.
+
+    A tile smaller than ``patch_size`` (a small image) is padded by mirroring to ``patch_size`` before the
+    network and the maps are cropped back, so any size of at least one pixel works.
+
+    Args:
+        network: (B, 3, H, W) in [0, 1] -> (B, C, H, W) logits, C = 1 (nucleus) or 2 (nucleus, distance).
+        inferer: called as ``inferer(image, network)``; a sliding-window inferer of ``patch_size`` windows.
+        device: where the network runs.
+        patch_size: (height, width) of the inferer's windows.
+        amp: run the network under bfloat16 autocast (CUDA only).
+        stain_normalizer: applied to each tile (3, h, w), values in [0, 255], before the network (e.g.
+            :class:`bundle.data.transforms.MacenkoNormalize`); None: none.
+    """
+
+    def __init__(
+        self,
+        network: Callable[[torch.Tensor], torch.Tensor],
+        inferer: Callable[[torch.Tensor, Callable], torch.Tensor],
+        device: Union[str, torch.device] = "cpu",
+        patch_size: Sequence[int] = (256, 256),
+        amp: bool = False,
+        stain_normalizer: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ):
+        if len(patch_size) != 2 or min(patch_size) <= 0:
+            raise ValueError(f"patch_size must be (height, width) > 0, got {patch_size}")
+        self.network, self.inferer = network, inferer
+        self.device = torch.device(device)
+        self.patch_size = (int(patch_size[0]), int(patch_size[1]))
+        self.amp = amp and self.device.type == "cuda"
+        self.stain_normalizer = stain_normalizer
+
+    @torch.no_grad()
+    def __call__(self, rgb: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Nucleus probability (h, w) float32 of an RGB uint8 tile (h, w, 3), and the normalised distance (h, w)
+        float32 when the network has a distance head (None otherwise).
+
+        Raises:
+            ValueError: ``rgb`` is not (h, w, 3) with h, w >= 1.
+        """
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
+            raise ValueError(f"tile must be (h, w, 3) RGB, got {rgb.shape}")
+        h, w = rgb.shape[:2]
+        pad_h, pad_w = max(0, self.patch_size[0] - h), max(0, self.patch_size[1] - w)
+        if pad_h or pad_w:
+            rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+        image = torch.tensor(rgb).permute(2, 0, 1).float()  # a copy: PIL arrays are read-only
+        if self.stain_normalizer is not None:
+            image = torch.as_tensor(self.stain_normalizer(image), dtype=torch.float32)
+        image = image[None].div_(255.0).clamp_(0.0, 1.0).to(self.device)
+        with torch.autocast(self.device.type, enabled=self.amp, dtype=torch.bfloat16):
+            logits = self.inferer(image, self.network)
+        out = torch.sigmoid(logits.float())[0, :, :h, :w].cpu().numpy()
+        return out[0], (out[1] if out.shape[0] > 1 else None)
