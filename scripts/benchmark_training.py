@@ -3,33 +3,54 @@
     python scripts/benchmark_training.py                      # CPU, small batch
     python scripts/benchmark_training.py --device cuda --batch 32 --iters 20
 
-Each variant is the config's ``network_def`` with an overlay from ``configs/ablations`` (the same networks the
-ablation study trains). A step is forward, Dice+BCE loss, backward and an AdamW update on random patches.
+The variants are the full model (``configs/train.json``'s ``network_def``) and one per overlay file in
+``configs/ablations/`` (named after the file: the networks the ablation study trains). A step is what training
+does: forward, the config's ``loss`` (:class:`bundle.training.losses.NucleusLoss`: Dice + cross-entropy on the
+mask, plus the distance terms for a network with a distance head) against the two-channel targets of
+:class:`bundle.data.targets.NucleusTargetsd` (mask and normalised distance of synthetic nuclei), backward and an
+AdamW update, under the config's mixed precision on CUDA.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.config_io import BUNDLE_ROOT, load_config  # noqa: E402
+from bundle.data.targets import NucleusTargetsd  # noqa: E402
 from bundle.networks import count_parameters  # noqa: E402
 
-VARIANTS = {
-    "full": [],
-    "no_gdam": ["configs/ablations/no_gdam.json"],
-    "respath": ["configs/ablations/respath.json"],
-    "plain": ["configs/ablations/plain.json"],
-    "basicunet": ["configs/ablations/basicunet.json"],
-}
+ABLATIONS_DIR = "configs/ablations"
+FULL = "full"
 BASELINE = "basicunet"
+
+
+def ablation_variants(root: Path = BUNDLE_ROOT) -> Dict[str, List[str]]:
+    """``{"full": [], <overlay stem>: ["configs/ablations/<stem>.json"], ...}``: the full model, then one variant
+    per overlay file in ``configs/ablations`` (sorted by name); paths relative to the bundle root."""
+    overlays = sorted((Path(root) / ABLATIONS_DIR).glob("*.json"))
+    return {FULL: [], **{p.stem: [f"{ABLATIONS_DIR}/{p.name}"] for p in overlays}}
+
+
+VARIANTS = ablation_variants()
+
+
+def _replaces_network(variant: str) -> bool:
+    """Whether the variant's overlays put another network than GRU-Net in ``network_def`` (BasicUNet)."""
+    for overlay in VARIANTS.get(variant, []):
+        net = json.loads((BUNDLE_ROOT / overlay).read_text()).get("network_def")
+        if isinstance(net, dict) and "GRUNet" not in str(net.get("_target_", "")):
+            return True
+    return False
 
 
 def width_overrides(variant: str, width: Optional[int]) -> Dict[str, object]:
@@ -40,15 +61,40 @@ def width_overrides(variant: str, width: Optional[int]) -> Dict[str, object]:
     """
     if width is None:
         return {}
-    if variant == BASELINE:
+    if _replaces_network(variant):
         return {"network_def#features": [width * m for m in (1, 2, 4, 8, 16, 1)]}
     return {"network_def#features": width, "network_def#cdrb_units": 2}
 
 
-def build(variant: str, device: torch.device, width: Optional[int] = None) -> torch.nn.Module:
+def variant_config(variant: str, width: Optional[int] = None):
+    """The training config (``configs/train.json`` with the variant's overlays) of ``variant``."""
+    if variant not in VARIANTS:
+        raise KeyError(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
     overlays = [str(BUNDLE_ROOT / p) for p in VARIANTS[variant]]
-    parser = load_config(["train", *overlays], overrides=width_overrides(variant, width))
-    return parser.get_parsed_content("network_def").to(device)
+    return load_config(["train", *overlays], overrides=width_overrides(variant, width))
+
+
+def build(variant: str, device: torch.device, width: Optional[int] = None) -> torch.nn.Module:
+    """The variant's network, on ``device``."""
+    return variant_config(variant, width).get_parsed_content("network_def").to(device)
+
+
+def synthetic_batch(batch: int, size: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Random (batch, 3, size, size) images and the (batch, 2, size, size) targets training uses
+    (:class:`~bundle.data.targets.NucleusTargetsd`) of random disks, about one nucleus of radius 3-8 px per
+    20x20 px."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    to_targets = NucleusTargetsd(keys="label")
+    targets = []
+    for _ in range(batch):
+        labels = np.zeros((1, size, size), np.int32)
+        for i in range(1, max(1, size * size // 400) + 1):
+            radius, (cy, cx) = rng.uniform(3, 8), rng.uniform(0, size, 2)
+            labels[0][(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = i
+        targets.append(to_targets({"label": torch.from_numpy(labels)})["label"])
+    images = torch.from_numpy(rng.random((batch, 3, size, size), dtype=np.float32))
+    return images, torch.stack(targets)
 
 
 def _sync(device: torch.device) -> None:
@@ -56,22 +102,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(net: torch.nn.Module, device: torch.device, batch: int, size: int, warmup: int, iters: int, amp: bool) -> float:
-    """Training patches per second of ``net`` (median of ``iters`` timed steps after ``warmup``)."""
-    from monai.losses import DiceCELoss
-
-    loss_fn = DiceCELoss(sigmoid=True, batch=True)
+def measure(
+    net: torch.nn.Module,
+    loss_fn: torch.nn.Module,
+    device: torch.device,
+    batch: int,
+    size: int,
+    warmup: int,
+    iters: int,
+    amp: bool,
+    amp_dtype: Optional[torch.dtype] = None,
+) -> float:
+    """Training patches per second of ``net`` with ``loss_fn`` (median of ``iters`` timed steps after ``warmup``)."""
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    x = torch.rand(batch, 3, size, size, device=device)
-    y = (torch.rand(batch, 1, size, size, device=device) > 0.7).float()
+    x, y = (t.to(device) for t in synthetic_batch(batch, size))
     net.train()
     times: List[float] = []
     for i in range(warmup + iters):
         _sync(device)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=amp):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             loss = loss_fn(net(x), y)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -100,20 +152,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    if BASELINE not in names:
-        names.append(BASELINE)
+    baseline = BASELINE if BASELINE in VARIANTS else FULL  # the ratios' base, always measured
+    if baseline not in names:
+        names.append(baseline)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {name}, batch {args.batch} x {args.size}x{args.size}, amp {amp}, width {args.width or 'config'}")
     results: Dict[str, Dict[str, float]] = {}
     for variant in names:
         torch.manual_seed(0)
-        net = build(variant, device, args.width)
-        results[variant] = {"params": count_parameters(net), "pps": measure(net, device, args.batch, args.size, args.warmup, args.iters, amp)}
+        config = variant_config(variant, args.width)
+        net = config.get_parsed_content("network_def").to(device)
+        loss_fn = config.get_parsed_content("loss")
+        amp_dtype = config.get_parsed_content("amp_kwargs").get("dtype") if amp else None
+        pps = measure(net, loss_fn, device, args.batch, args.size, args.warmup, args.iters, amp, amp_dtype)
+        results[variant] = {"params": count_parameters(net), "pps": pps}
         del net
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    base = results[BASELINE]["pps"]
-    print(f"| variant | parameters | training patches/s | vs {BASELINE} |")
+    base = results[baseline]["pps"]
+    print(f"| variant | parameters | training patches/s | vs {baseline} |")
     print("|---|---:|---:|---:|")
     for variant, r in results.items():
         print(f"| {variant} | {r['params'] / 1e6:.2f} M | {r['pps']:.1f} | {r['pps'] / base:.2f}x |")

@@ -3,8 +3,9 @@
     python scripts/run_ablations.py --dataset_dir <monuseg>/train --output_dir runs/ablations --epochs 10 \\
         --parallel 5 --override images_per_batch=2 --override crops_per_image=16
 
-Every variant (``configs/ablations``: full, no_gdam, respath, plain, basicunet) runs the bundle's own training
-command with the same overrides, epochs and split, then ``configs/evaluate.json`` on its best checkpoint.
+Every variant (the full model and one per overlay file in ``configs/ablations``: basicunet, no_gdam, plain,
+respath; see ``scripts.benchmark_training.VARIANTS``) runs the bundle's own training command with the same
+overrides, epochs and split, then ``configs/evaluate.json`` on its best checkpoint (``<output_dir>/<variant>/models``).
 ``<output_dir>/ablations.json`` holds each variant's parameters and evaluation summary.
 """
 

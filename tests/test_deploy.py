@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import pytest
@@ -31,8 +31,8 @@ APP = ROOT / "deploy" / "app.py"
 APP_YAML = ROOT / "deploy" / "app.yaml"
 MODEL_TS = ROOT / "models" / "model.ts"
 SAMPLES = sorted((MONUSEG / "images").glob("*.png"))
-IMAGE_FILES = ("_mask.png", "_overlay.png", ".geojson", "_nuclei.csv", "_summary.json")
-SLIDE_FILES = ("_instances.tif", ".geojson", "_nuclei.csv", "_thumbnail.png", "_summary.json")
+# one file set for images and slides (bundle.io.writers); the mask PNG for inputs up to max_mask_megapixels
+FILES = ("_instances.tif", "_seg.png", "_overlay.png", ".geojson", "_nuclei.csv", "_summary.json")
 APP_TIMEOUT = 300
 
 needs_deploy_env = pytest.mark.skipif(
@@ -56,8 +56,8 @@ def model_ts(tmp_path_factory) -> Path:
     return MODEL_TS if MODEL_TS.is_file() else export_model(tmp_path_factory.mktemp("model") / "model.ts")
 
 
-def run_app(input_path: Path, output: Path, model: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
+def run_app(input_path: Path, output: Path, model: Path, extra_env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", **(extra_env or {})}
     cmd = [str(DEPLOY_PYTHON), str(APP), "-i", str(input_path), "-o", str(output), "-m", str(model)]
     cwd = next(p for p in output.parents if p.is_dir())  # the SDK may create .monai_workdir there
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=APP_TIMEOUT)
@@ -66,10 +66,10 @@ def run_app(input_path: Path, output: Path, model: Path) -> subprocess.Completed
 def check_image_outputs(folder: Path, source: Path) -> Dict:
     """The files of one image are there and agree with each other; returns its summary."""
     stem = source.stem
-    for suffix in IMAGE_FILES:
+    for suffix in FILES:
         assert (folder / stem / f"{stem}{suffix}").is_file(), f"{stem}{suffix}"
     height, width = np.asarray(Image.open(source)).shape[:2]
-    mask = np.asarray(Image.open(folder / stem / f"{stem}_mask.png"))
+    mask = np.asarray(Image.open(folder / stem / f"{stem}_seg.png"))
     assert mask.shape == (height, width) and mask.dtype == np.uint8
     assert set(np.unique(mask)) == {0, 255}
     assert 0.02 < (mask > 0).mean() < 0.8  # H&E crops: some nuclei, mostly not nuclei
@@ -85,6 +85,8 @@ def check_image_outputs(folder: Path, source: Path) -> Dict:
     assert len(rows) == len(geo["features"])
     summary = json.loads((folder / stem / f"{stem}_summary.json").read_text())
     assert summary["nucleus_count"] == len(rows)
+    labels = tifffile.imread(folder / stem / f"{stem}_instances.tif")
+    assert labels.shape == (height, width) and labels.max() == len(rows)
     return summary
 
 
@@ -138,7 +140,7 @@ def test_app_on_sample_images_writes_every_output(sample_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for source in SAMPLES:
         summary = check_image_outputs(out, source)
-        assert summary["operator"] == "MonaiBundleInferenceOperator"
+        assert summary["kind"] == "image"
     report = json.loads((out / "report.json").read_text())
     assert sorted(Path(s["input"]).name for s in report["written"]) == [p.name for p in SAMPLES]
     assert report["skipped"] == []
@@ -169,10 +171,10 @@ def test_app_mixed_folder_skips_the_corrupt_image_and_segments_a_slide(tmp_path,
     write_slide(folder / "slide.tif", mosaic())
     out = tmp_path / "out"
     proc = run_app(folder, out, model_ts)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 2, proc.stderr[-3000:]  # bundle.errors.EXIT_SKIPPED
     assert "1 of 3 inputs skipped" in proc.stderr
     check_image_outputs(out, folder / "good.png")
-    for suffix in SLIDE_FILES:
+    for suffix in FILES:
         assert (out / "slide" / f"slide{suffix}").is_file(), suffix
     labels = tifffile.imread(out / "slide" / "slide_instances.tif")
     geo = json.loads((out / "slide" / "slide.geojson").read_text())
@@ -182,22 +184,24 @@ def test_app_mixed_folder_skips_the_corrupt_image_and_segments_a_slide(tmp_path,
     assert sorted(Path(s["input"]).name for s in report["written"]) == ["good.png", "slide.tif"]
     (skipped,) = report["skipped"]
     assert skipped["input"].endswith("corrupt.png") and "corrupt.png" in skipped["reason"]
+    assert [Path(s["input"]).name for s in report["ignored"]] == ["notes.txt"] and report["exit_status"] == 2
 
 
 BAD_RUNS = [
-    # (what, expected message part)
-    ("empty_folder", "no images or slides"),
-    ("missing_model", "No such file"),  # the SDK's argument parser
-    ("checkpoint_as_model", "not a TorchScript model"),
-    ("folder_without_model", "expected one TorchScript model"),
-    ("only_corrupt", "nothing written"),
-    ("output_under_a_file", "cannot create the output folder"),
+    # (what, expected message part, exit status)
+    ("empty_folder", "no images or slides", 1),
+    ("missing_model", "No such file", 2),  # the SDK's argument parser (argparse's usage error)
+    ("checkpoint_as_model", "not a TorchScript model", 1),
+    ("folder_without_model", "expected one TorchScript model", 1),
+    ("only_corrupt", "not a readable image", 2),  # run, and every input skipped
+    ("output_under_a_file", "cannot create the output folder", 1),
+    ("bad_mpp", "must be a positive number", 1),
 ]
 
 
 @needs_deploy_env
-@pytest.mark.parametrize("what, message", BAD_RUNS)
-def test_app_bad_input_exits_non_zero_with_one_clear_line(tmp_path, model_ts, what, message):
+@pytest.mark.parametrize("what, message, status", BAD_RUNS)
+def test_app_bad_input_exits_non_zero_with_one_clear_line(tmp_path, model_ts, what, message, status):
     folder = tmp_path / "in"
     folder.mkdir()
     model = model_ts
@@ -216,8 +220,9 @@ def test_app_bad_input_exits_non_zero_with_one_clear_line(tmp_path, model_ts, wh
     if what == "output_under_a_file":
         (tmp_path / "a_file").write_text("")
         output = tmp_path / "a_file" / "out"
-    proc = run_app(folder, output, model)
-    assert proc.returncode != 0
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:") or "error:" in ln]
+    env = {"GRUNET_MPP": "0"} if what == "bad_mpp" else {}
+    proc = run_app(folder, output, model, env)
+    assert proc.returncode == status, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if "error:" in ln or "skipped" in ln]
     assert lines and message in lines[-1], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr

@@ -17,7 +17,8 @@ from skimage.draw import disk
 
 from bundle.config_io import load_config
 from bundle.io.images import read_rgb
-from bundle.pipeline.measure import CSV_COLUMNS, measure_nuclei, nucleus_feature, polygon_area
+from bundle.io.writers import CSV_COLUMNS, nucleus_feature
+from bundle.pipeline.measure import measure_nuclei
 from bundle.io.slides import ImageSource, SlideReadError, SlideSource, open_source, tissue_mask
 from bundle.pipeline.segmenter import NucleusSegmenter
 from tests.helpers import ROOT, SHARED_DATA, first_sample
@@ -47,11 +48,7 @@ def mosaic() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def segmenter() -> NucleusSegmenter:
-    config = load_config("inference")
-    return NucleusSegmenter(
-        config.get_parsed_content("network_def"), config.get_parsed_content("inferer"),
-        checkpoint=ROOT / "models" / "model.pt", tile_size=256, margin=64, progress=False,
-    )
+    return load_config("inference", overrides={"tile_size": 256, "tile_margin": 64, "progress": False}).get_parsed_content("segmenter")
 
 
 # -- measurements ------------------------------------------------------------------------------------------------
@@ -76,7 +73,9 @@ def test_measure_nuclei(model_mpp, level0_mpp, origin, keep, expected):
     assert first.area_px == pytest.approx(first.area_um2 / level0_mpp**2)
     assert first.centroid[0] == pytest.approx(origin[0] + 20.5 * scale, abs=0.5)
     assert first.centroid[1] == pytest.approx(origin[1] + 20.5 * scale, abs=0.5)
-    assert polygon_area(first.polygon) == pytest.approx(first.area_px, rel=0.15)
+    x, y = first.polygon[:, 0].astype(np.float64), first.polygon[:, 1].astype(np.float64)
+    shoelace = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    assert shoelace == pytest.approx(first.area_px, rel=0.15)
     assert 0 <= first.eccentricity < 0.3 and 0.9 < first.solidity <= 1.0
 
 
@@ -166,7 +165,7 @@ def test_slide_outputs_agree(segmenter, tmp_path):
     ys = np.array([float(r["centroid_y"]) for r in rows])
     assert xs.min() >= 250 and xs.max() <= 518 and ys.min() >= 122 and ys.max() <= 390, "nuclei lie on the tissue"
     assert summary["mpp_source"] == "file" and summary["nuclei_per_mm2_tissue"] > 0
-    assert (tmp_path / "out" / "slide" / "slide_thumbnail.png").is_file()
+    assert (tmp_path / "out" / "slide" / "slide_overlay.png").is_file()
 
 
 def test_tiles_merge_without_duplicates(segmenter, tmp_path):
@@ -191,7 +190,7 @@ def test_blank_slide_gives_empty_outputs_and_a_clear_summary(segmenter, tmp_path
     path = write_slide(tmp_path / "blank.tif", np.full((300, 400, 3), WHITE, np.uint8))
     report = segmenter.run(path, tmp_path / "out")
     summary, geo, rows, labels = read_outputs(tmp_path / "out", "blank")
-    assert report["skipped"] == [] and summary["nucleus_count"] == 0 and summary["message"] == "no tissue detected"
+    assert report.skipped == [] and summary["nucleus_count"] == 0 and summary["message"] == "no tissue detected"
     assert summary["tiles_processed"] == 0 and geo["features"] == [] and rows == [] and not labels.any()
 
 
@@ -204,8 +203,8 @@ def test_batch_skips_bad_slides_and_keeps_the_good(segmenter, tmp_path):
     (folder / "fake.svs").write_text("not a slide")
     write_slide(folder / "nompp.tif", mosaic()[:64, :64], with_mpp=False)
     report = segmenter.run(folder, tmp_path / "out")
-    assert [Path(s["input"]).name for s in report["written"]] == ["good.tif"]
-    reasons = {Path(s["input"]).name: s["reason"] for s in report["skipped"]}
+    assert [Path(s["input"]).name for s in report.written] == ["good.tif"]
+    reasons = {Path(s["input"]).name: s["reason"] for s in report.skipped}
     assert set(reasons) == {"truncated.tif", "fake.svs", "nompp.tif"}
     assert all(name in reason for name, reason in reasons.items()), "each reason names its file"
     assert "microns-per-pixel" in reasons["nompp.tif"]
@@ -220,7 +219,7 @@ def run_cli(*args, cwd=ROOT):
 
 def test_cli(tmp_path):
     missing = run_cli(tmp_path / "missing.svs", "-o", tmp_path / "o")
-    assert missing.returncode == 2 and "missing.svs: no such file" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 1 and "missing.svs: no such file" in missing.stderr and "Traceback" not in missing.stderr
     folder = tmp_path / "in"
     folder.mkdir()
     write_slide(folder / "nompp.tif", mosaic()[128:384, 256:512], with_mpp=False)
@@ -246,10 +245,10 @@ def test_real_svs_region(segmenter, tmp_path):
     assert summary["nucleus_count"] > 5 and len(geo["features"]) == len(rows)
 
 
-def test_bundle_config_runs_whole_slide_inference(tmp_path):
-    """``python -m monai.bundle run`` with ``configs/inference_wsi.json`` over ``configs/inference.json``."""
+def test_bundle_config_runs_on_a_given_input(tmp_path):
+    """``python -m monai.bundle run`` with ``configs/inference.json`` on one file and a given resolution."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "['configs/inference.json','configs/inference_wsi.json']",
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
            "--meta_file", "configs/metadata.json", "--input_path", str(first_sample()), "--output_dir", str(tmp_path),
            "--mpp", "0.25", "--progress", "false"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

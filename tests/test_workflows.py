@@ -90,22 +90,31 @@ def test_training_writes_checkpoints_and_mlflow_run(trained):
 
 
 def test_inference_on_good_and_bad_images(trained, tmp_path):
+    """The README's main job on a folder mixing good and bad inputs: the good ones get every file, the bad
+    ones are named in report.json, the exit status says that some were skipped."""
     out, _ = trained
     inputs = make_bad_image_folder(tmp_path / "in")
     overrides = {**LIGHT_OVERRIDES, "dataset_dir": tmp_path / "in", "output_dir": tmp_path / "out", "ckpt_dir": out / "models"}
-    proc = bundle_run(["--config_file", "configs/inference.json", *META, *cli_overrides(overrides)])
+    proc = bundle_run(["--config_file", "configs/inference.json", *META, *cli_overrides(overrides)], check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]  # bundle.errors.EXIT_SKIPPED
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert len(report["written"]) == 6
-    assert {Path(s["file"]).name for s in report["skipped"]} == {"corrupt.png", "notes.txt", "sixteen.png"}
+    names = {Path(s["input"]).name: s["name"] for s in report["written"]}
+    assert set(names) == {"good.png", "small.png", "gray.png", "rgba.png", "tile.tif", "tile.jpg"}
+    assert {Path(s["input"]).name for s in report["skipped"]} == {"corrupt.png", "sixteen.png"}
+    assert [Path(s["input"]).name for s in report["ignored"]] == ["notes.txt"]
+    assert {Path(c["input"]).name for c in report["conversions"]} == {"gray.png", "rgba.png"}
     for kind in ("good", "small", "gray", "rgba"):
         src = Image.open(inputs[kind])
-        seg = np.asarray(Image.open(tmp_path / "out" / f"{inputs[kind].stem}_seg.png"))
+        name = names[inputs[kind].name]
+        folder = tmp_path / "out" / name
+        seg = np.asarray(Image.open(folder / f"{name}_seg.png"))
         assert seg.shape == (src.height, src.width) and seg.dtype == np.uint8
         assert set(np.unique(seg)) <= {0, 255}
-        overlay = Image.open(tmp_path / "out" / f"{inputs[kind].stem}_overlay.png")
+        overlay = Image.open(folder / f"{name}_overlay.png")
         assert overlay.size == src.size and overlay.mode == "RGB"
-    # same stem, two formats: both kept
-    assert (tmp_path / "out" / "tile_seg.png").is_file() and (tmp_path / "out" / "tile_tif_seg.png").is_file()  # tile.jpg came first
+        for suffix in ("_instances.tif", ".geojson", "_nuclei.csv", "_summary.json"):
+            assert (folder / f"{name}{suffix}").is_file(), suffix
+    assert names["tile.tif"] == "tile_tif" and names["tile.jpg"] == "tile_jpg"  # same stem, two formats: both kept
     assert "grayscale image replicated to RGB" in proc.stderr + proc.stdout
     assert "sixteen.png" in proc.stdout + proc.stderr
 

@@ -30,7 +30,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 from skimage.draw import polygon as fill_polygon
-from skimage.draw import polygon_perimeter
+from skimage.segmentation import find_boundaries
 
 from bundle.pipeline.measure import Nucleus
 
@@ -166,17 +166,18 @@ def _tile_origins(width: int, height: int) -> Iterator[Tuple[int, int]]:
 
 
 def write_overlay(path: PathLike, thumb: np.ndarray, down: float, tissue: np.ndarray, nuclei: Sequence[Nucleus]) -> Path:
-    """The thumbnail (h, w, 3) of the input (``down`` level-0 pixels per thumbnail pixel) with each nucleus outlined
-    in green (filled where smaller than 3 px) and the tissue (h, w) outlined in blue."""
+    """The thumbnail (h, w, 3) of the input (``down`` level-0 pixels per thumbnail pixel) with the outline of each
+    nucleus in green (touching nuclei keep their own outlines; nuclei of 1-2 px are filled) and the tissue (h, w)
+    outlined in blue."""
     canvas = thumb.copy()
-    edge = tissue ^ np.pad(tissue, 1)[2:, 1:-1] | tissue ^ np.pad(tissue, 1)[1:-1, 2:]
-    canvas[edge] = TISSUE_OUTLINE
-    for n in nuclei:
+    canvas[find_boundaries(tissue, mode="inner")] = TISSUE_OUTLINE
+    labels = np.zeros(canvas.shape[:2], np.int32)
+    for k, n in enumerate(nuclei, start=1):
         poly = n.polygon / down
-        if np.ptp(poly[:, 0]) < 3 and np.ptp(poly[:, 1]) < 3:
-            rr, cc = fill_polygon(poly[:, 1], poly[:, 0], canvas.shape[:2])
-        else:
-            rr, cc = polygon_perimeter(poly[:, 1], poly[:, 0], canvas.shape[:2], clip=True)
-        canvas[rr, cc] = NUCLEUS_OUTLINE
+        rr, cc = fill_polygon(poly[:, 1] - 0.5, poly[:, 0] - 0.5, labels.shape)
+        if rr.size == 0:  # smaller than a thumbnail pixel: its centre
+            rr, cc = np.clip([int(n.centroid[1] / down)], 0, labels.shape[0] - 1), np.clip([int(n.centroid[0] / down)], 0, labels.shape[1] - 1)
+        labels[rr, cc] = k
+    canvas[find_boundaries(labels, mode="inner")] = NUCLEUS_OUTLINE
     Image.fromarray(canvas).save(path)
     return Path(path)

@@ -20,8 +20,6 @@ from typing import Any, Dict, Optional
 import monailabel
 import torch
 from fastapi import HTTPException
-from monai.utils import optional_import
-from PIL import Image
 
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
@@ -36,13 +34,11 @@ from monailabel.utils.others.generic import strtobool
 from grunet_label.infers import NucleusMaskInfer, NucleusPolygonInfer
 from grunet_label.strategies import GdAMUncertainty
 from grunet_label.trainers import OverlayBundleTrainTask
-from grunet_label.transforms import SLIDE_SUFFIXES
-
-openslide, _ = optional_import("openslide")
 
 logger = logging.getLogger(__name__)
 
 POLYGON_TASK = "grunet_nuclei"
+WHOLE_REGION = 1 << 30  # a MONAI Label wsi_v2 tile size that covers any slide
 
 
 def local_bundles(app_dir: str, conf: Dict[str, str]) -> Dict[str, str]:
@@ -113,10 +109,14 @@ class GRUNetLabelApp(MONAILabelApp):
             # MONAI Label spreads slide tiles over CUDA devices by default; with none, the list is empty and
             # the tile loop divides by zero: run the tiles on the CPU instead.
             request = {**request, "multi_gpu": False}
+        # one task for the whole region: the bundle's pipeline tiles it itself (tile size and margin of
+        # configs/inference.json, each nucleus kept by the tile that holds its centre), so nuclei on MONAI
+        # Label's tile borders are neither cut nor duplicated
+        request = {**request, "tile_size": [WHOLE_REGION, WHOLE_REGION]}
         return super().infer_wsi(request, datastore)
 
     def _check_image(self, request: Dict[str, Any], datastore: Optional[Datastore]) -> None:
-        """HTTP 404 for an unknown image id, 422 for an image that does not decode; else nothing."""
+        """HTTP 404 for an unknown image id; else nothing (the tasks answer 422 for an image that does not decode)."""
         image = request.get("image")
         datastore = datastore if datastore else self.datastore()
         if not isinstance(image, str) or not isinstance(datastore, LocalDatastore):
@@ -124,12 +124,3 @@ class GRUNetLabelApp(MONAILabelApp):
         path = image if os.path.isfile(image) else datastore.get_image_uri(image)
         if not path or not os.path.isfile(path):
             raise HTTPException(status_code=404, detail=f"image '{image}' is not in the datastore")
-        try:
-            if os.path.splitext(path)[1].lower() in SLIDE_SUFFIXES:
-                openslide.OpenSlide(path).close()
-            else:
-                with Image.open(path) as img:
-                    img.verify()
-        except (OSError, SyntaxError, ValueError, openslide.OpenSlideError) as err:
-            name = image if image != path else os.path.basename(path)
-            raise HTTPException(status_code=422, detail=f"cannot read image '{name}': {err}") from None

@@ -1,5 +1,5 @@
 """Server-side tasks of the MONAI Label app for the GRU-Net nuclei bundle.
 
-Modules: ``transforms`` (region loading, nucleus polygons), ``infers`` (mask and polygon infer tasks),
+Modules: ``infers`` (mask and polygon infer tasks on the bundle's pipeline),
 ``trainers`` (bundle training with a MONAI Label overlay config), ``strategies`` (GdAM uncertainty ranking).
 """

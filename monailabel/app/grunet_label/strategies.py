@@ -9,7 +9,6 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from fastapi import HTTPException
 
@@ -17,6 +16,8 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.utils.others.generic import name_to_device
 
+from bundle.io.images import read_rgb
+from bundle.pipeline.predict import TilePredictor
 from grunet_label.infers import NucleusMaskInfer
 
 __all__ = ["GdAMUncertainty", "sampled_variance"]
@@ -108,19 +109,17 @@ class GdAMUncertainty(Strategy):
 
     def _sampling_network(self, request: Dict[str, Any]) -> torch.nn.Module:
         device = name_to_device(request.get("device", "cuda"))
-        network = copy.deepcopy(self.infer_task._get_network(device, None))  # own copy: inference is untouched
-        network.eval()
+        with self.infer_task.lock:
+            network = copy.deepcopy(self.infer_task.segmenter().network)  # own copy: inference is untouched
+        network.to(device).eval()
         network.set_attention_sampling(True)
         return network
 
     def _score(self, network: torch.nn.Module, image_path: str, samples: int, request: Dict[str, Any]) -> float:
+        """Mean per-pixel variance of the nucleus probability over ``samples`` passes of the bundle's predictor."""
         device = name_to_device(request.get("device", "cuda"))
-        data = {"image": image_path, "image_path": image_path, "device": device}
-        data = self.infer_task.run_pre_transforms(data, self.infer_task.pre_transforms(data))
-        image = data["image"]
-        image = (image if torch.is_tensor(image) else torch.from_numpy(np.asarray(image)))[None].to(device)
-        inferer = self.infer_task.inferer(data)
-        with torch.no_grad():
-            # channel 0: nucleus logit (a distance head's channel, when there is one, is left out)
-            probs = torch.stack([torch.sigmoid(inferer(image, network))[0, :1] for _ in range(samples)])
+        segmenter = self.infer_task.segmenter()
+        predict = TilePredictor(network, segmenter.predictor.inferer, device, segmenter.predictor.patch_size)
+        rgb = read_rgb(image_path, segmenter.max_image_pixels)
+        probs = torch.stack([torch.from_numpy(predict(rgb)[0]) for _ in range(samples)])
         return sampled_variance(probs)

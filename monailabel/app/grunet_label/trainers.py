@@ -19,9 +19,11 @@ class OverlayBundleTrainTask(BundleTrainTask):
     """:class:`BundleTrainTask` reading ``configs/train.json`` plus overlay configs (later files win).
 
     MONAI Label overrides ``train#trainer#max_epochs``, ``train#dataset#data``, ``validate#dataset#data``,
-    ``train#handlers`` and ``device``; the overlay (``train_overlay.json``) validates every epoch so that the
-    best-metric saver writes ``models/model.pt`` even after one epoch, and drops the bundle's MLflow /
-    resume steps, whose inputs (``dataset_dir``, run folders) do not exist on a labelling server.
+    ``train#handlers`` and ``device``; the overlay (``train_overlay.json``) points ``ckpt_dir`` at the bundle's
+    ``models/`` (``train.json`` alone saves under its ``output_dir``) and validates every epoch, so that the
+    best-metric saver replaces ``models/model.pt``, which the next inference loads, even after one epoch; it
+    drops the bundle's MLflow / resume steps, whose inputs (``dataset_dir``, run folders) do not exist on a
+    labelling server.
 
     Args:
         path: bundle directory.

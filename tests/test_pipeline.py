@@ -1,0 +1,297 @@
+"""The one nucleus pipeline (bundle/pipeline, bundle/io): its stages, and bad input through the bundle command line
+and ``scripts/segment_slides.py`` (the Deploy app's cases are in test_deploy.py, MONAI Label's in
+test_monailabel.py). The rule: a one-line message naming the file and the problem, the other inputs processed,
+``report.json`` always written, exit status 0 (all written), 1 (nothing processed) or 2 (some skipped)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from bundle.config_io import load_config
+from bundle.errors import EXIT_ERROR, EXIT_OK, EXIT_SKIPPED, InputError, find_input_error
+from bundle.io.images import ImageReadError, read_rgb_checked
+from bundle.io.slides import check_mpp, open_source, tissue_mask
+from bundle.pipeline.check import check_output_dir, list_inputs, output_names
+from bundle.pipeline.predict import TilePredictor
+from bundle.pipeline.split import InstanceSplitter
+from bundle.pipeline.tiles import TileGrid
+from tests.helpers import LIGHT_OVERRIDES, ROOT, first_sample, make_pipeline_cases, sample_rgb, write_png_header_only
+
+PY = sys.executable
+META = ["--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf"]
+# an untrained light GRU-Net: the pipeline's geometry, fast (the shipped model runs in the batch tests below)
+LIGHT = {**LIGHT_OVERRIDES, "checkpoint": None, "progress": False}
+
+
+# -- stages ---------------------------------------------------------------------------------------------------
+TILE_CASES = [
+    # width, height, size, margin
+    (1030, 300, 1024, 64),
+    (300, 1030, 1024, 64),
+    (1024, 1024, 1024, 64),
+    (2049, 1025, 1024, 64),
+    (40, 60, 1024, 64),
+    (517, 333, 128, 48),
+]
+
+
+@pytest.mark.parametrize("width, height, size, margin", TILE_CASES)
+def test_tile_grid_covers_once_with_full_windows(width, height, size, margin):
+    cover = np.zeros((height, width), np.int32)
+    grid = TileGrid(width, height, size, margin)
+    tiles = list(grid)
+    assert len(tiles) == len(grid) == math.ceil(width / size) * math.ceil(height / size)
+    for (cx0, cy0, cx1, cy1), (rx0, ry0, rx1, ry1) in tiles:
+        cover[cy0:cy1, cx0:cx1] += 1
+        assert rx0 <= cx0 and ry0 <= cy0 and rx1 >= cx1 and ry1 >= cy1, "the window holds its core"
+        assert 0 <= rx0 and 0 <= ry0 and rx1 <= width and ry1 <= height
+        assert rx1 - rx0 == min(width, size + 2 * margin) and ry1 - ry0 == min(height, size + 2 * margin), "edge windows reach inward"
+    assert (cover == 1).all()
+
+
+@pytest.mark.parametrize("kwargs", [dict(width=0, height=5, size=4, margin=0), dict(width=5, height=5, size=0, margin=0), dict(width=5, height=5, size=4, margin=-1)])
+def test_tile_grid_rejects_bad_sizes(kwargs):
+    with pytest.raises(ValueError):
+        TileGrid(**kwargs)
+
+
+@pytest.mark.parametrize("names, expected", [
+    (["a.png", "b.tif"], ["a", "b"]),
+    (["x.png", "x.tif"], ["x_png", "x_tif"]),
+    (["x.png", "x.tif", "x_png.jpg"], ["x_png", "x_tif", "x_png_"]),
+])
+def test_output_names_never_collide(names, expected):
+    assert list(output_names([Path("/in") / n for n in names]).values()) == expected
+
+
+@pytest.mark.parametrize("mpp, message", [(0, "positive"), (-1, "positive"), (float("nan"), "positive"), ("abc", "number"), (1000, "implausible")])
+def test_check_mpp_refuses_bad_resolutions(mpp, message):
+    with pytest.raises(InputError, match=message):
+        check_mpp(mpp)
+
+
+@pytest.mark.parametrize("mpp", [None, 0.25, "0.5"])
+def test_check_mpp_accepts(mpp):
+    assert check_mpp(mpp) == (None if mpp is None else float(mpp))
+
+
+def test_input_checks_name_the_path(tmp_path):
+    with pytest.raises(InputError, match="no such file or folder"):
+        list_inputs(tmp_path / "missing")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match=f"{tmp_path}: no images or slides"):
+        list_inputs(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(InputError, match="output folder is not writable"):
+        check_output_dir(tmp_path / "a_file" / "out")
+
+
+@pytest.mark.parametrize("kwargs", [dict(threshold=0.0), dict(threshold=1.0), dict(min_size=-1), dict(marker_height=-0.1)])
+def test_instance_splitter_checks_settings(kwargs):
+    with pytest.raises(ValueError):
+        InstanceSplitter(**kwargs)
+
+
+def test_header_bomb_is_refused_before_decoding(tmp_path):
+    bomb = write_png_header_only(tmp_path / "bomb.png", 60000, 60000)
+    assert bomb.stat().st_size < 2000
+    with pytest.raises(ImageReadError, match="bomb.png: image too large"):
+        open_source(bomb)
+    # under PIL's guard but over the bundle's limit: refused from the header too
+    Image.fromarray(sample_rgb()).save(tmp_path / "crop.png")
+    with pytest.raises(ImageReadError, match="over the limit of 0.01 megapixels"):
+        open_source(tmp_path / "crop.png", max_pixels=10_000)
+
+
+@pytest.mark.parametrize("case, conversion", [
+    ("gray", "grayscale image replicated to RGB"),
+    ("two_channel", "grayscale+alpha image converted to RGB (alpha dropped)"),
+    ("multipage_gray", "grayscale image replicated to RGB"),
+])
+def test_grayscale_inputs_are_converted_and_have_tissue(tmp_path, case, conversion):
+    path = make_pipeline_cases(tmp_path)[case]
+    rgb, info = read_rgb_checked(path)
+    assert rgb.shape == (256, 256, 3) and info.conversion == conversion
+    source = open_source(path)
+    assert source.conversion == conversion
+    assert tissue_mask(source.thumbnail(2048)[0]).mean() > 0.3, "a gray image's tissue is found by its darkness"
+
+
+def test_white_image_has_no_tissue():
+    assert not tissue_mask(np.full((64, 64, 3), 250, np.uint8)).any()
+
+
+@pytest.fixture(scope="module")
+def light_segmenter():
+    torch.manual_seed(0)
+    return load_config("inference", overrides=LIGHT).get_parsed_content("segmenter")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (40, 60), (300, 1030), (1030, 300), (129, 300)])
+def test_predictor_any_tile_size(light_segmenter, shape):
+    predict: TilePredictor = light_segmenter.predictor
+    prob, distance = predict(np.full(shape + (3,), 128, np.uint8))
+    assert prob.shape == shape and distance.shape == shape and prob.dtype == np.float32
+    assert 0.0 <= prob.min() and prob.max() <= 1.0
+
+
+@pytest.mark.parametrize("height, width", [(300, 1030), (1030, 300), (1025, 20), (16, 2049)])
+def test_every_image_size_segments_including_edge_tiles(light_segmenter, tmp_path, height, width):
+    """Sides of 1024k + 1..21 px: the edge tiles are read with full context (the 0.2.0 padding error)."""
+    from tests.helpers import tiled_tissue
+
+    path = tmp_path / "img.png"
+    Image.fromarray(tiled_tissue(height, width)).save(path)
+    summary = light_segmenter.segment(path, tmp_path / "out")
+    labels = tifffile.imread(tmp_path / "out" / "img" / "img_instances.tif")
+    assert labels.shape == (height, width) and summary["tiles"] == math.ceil(width / 1024) * math.ceil(height / 1024)
+
+
+def test_images_below_the_minimum_side_are_refused(light_segmenter, tmp_path):
+    Image.fromarray(sample_rgb()[:10, :60]).save(tmp_path / "strip.png")
+    with pytest.raises(InputError, match="strip.png: 60 x 10 pixels .* below the minimum of 16"):
+        light_segmenter.segment(tmp_path / "strip.png", tmp_path / "out")
+
+
+def test_find_input_error_looks_inside_wrapped_errors():
+    try:
+        try:
+            raise InputError("x.png: bad")
+        except InputError as inner:
+            raise RuntimeError("Failed to instantiate") from inner
+    except RuntimeError as outer:
+        assert str(find_input_error(outer)) == "x.png: bad"
+    assert find_input_error(RuntimeError("other")) is None
+
+
+# -- bad input through the command lines ------------------------------------------------------------------------
+def env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def with_peak_rss(cmd: list) -> list:
+    """``cmd`` run by a fresh Python that prints its child's peak RSS (MB) on the last line of stdout."""
+    code = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+            "print('peak_rss_mb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); sys.exit(rc)")
+    return [PY, "-c", code, *cmd]
+
+
+def bundle_cli(*args) -> list:
+    return [PY, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", *META, *map(str, args), "--progress", "false"]
+
+
+def segment_slides(*args) -> list:
+    return [PY, "scripts/segment_slides.py", *map(str, args), "--no_progress"]
+
+
+def run(cmd: list) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    """A folder of ordinary inputs that broke a 0.2.0 batch, next to good ones."""
+    folder = tmp_path_factory.mktemp("batch")
+    paths = make_pipeline_cases(folder)
+    paths["edge_strip"].unlink()  # 73 s with the shipped model on 2 cores: tested above with the light network
+    rgb = sample_rgb()
+    Image.fromarray(rgb).save(folder / "x.png")
+    tifffile.imwrite(folder / "x.tif", rgb[::-1].copy(), photometric="rgb")  # same stem, other pixels
+    Image.fromarray(rgb[40:100, 10:90]).save(folder / "small.png")  # 80 x 60: under the 86 px of 0.2.0
+    (folder / "notes.txt").write_text("not an image\n")
+    return folder
+
+
+@pytest.mark.parametrize("door", ["bundle_cli", "segment_slides"])
+def test_batch_of_bad_inputs(batch, tmp_path, door):
+    out = tmp_path / "out"
+    cmd = bundle_cli("--dataset_dir", batch, "--output_dir", out) if door == "bundle_cli" else segment_slides(batch, "-o", out)
+    proc = run(with_peak_rss(cmd))
+    assert proc.returncode == EXIT_SKIPPED, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    written = {Path(s["input"]).name: s for s in report["written"]}
+    assert set(written) == {"tiny.png", "gray.png", "two_channel.tif", "multipage_gray.tif", "x.png", "x.tif", "small.png"}
+    (skipped,) = report["skipped"]
+    assert skipped["input"].endswith("bomb.png") and "bomb.png: image too large" in skipped["reason"]
+    assert [Path(s["input"]).name for s in report["ignored"]] == ["notes.txt"]
+    assert {Path(c["input"]).name for c in report["conversions"]} == {"gray.png", "two_channel.tif", "multipage_gray.tif"}
+    assert report["exit_status"] == EXIT_SKIPPED and report["nucleus_count"] == sum(s["nucleus_count"] for s in written.values())
+    for name in ("gray.png", "two_channel.tif", "multipage_gray.tif", "x.png", "small.png"):
+        assert written[name]["nucleus_count"] > 5 and "message" not in written[name], name
+    assert written["x.png"]["name"] == "x_png" and written["x.tif"]["name"] == "x_tif"
+    x_png = tifffile.imread(out / "x_png" / "x_png_instances.tif")
+    x_tif = tifffile.imread(out / "x_tif" / "x_tif_instances.tif")
+    assert (x_png > 0).mean() > 0.05 and not np.array_equal(x_png > 0, x_tif > 0), "two inputs, two results"
+    peak = float(proc.stdout.strip().splitlines()[-1].split()[-1])
+    assert peak < 2500, f"peak RSS {peak:.0f} MB: memory is bounded by the tile, not what a header claims"
+
+
+@pytest.mark.parametrize("door", ["bundle_cli", "segment_slides"])
+def test_header_bomb_alone_keeps_memory_low(tmp_path, door):
+    bomb = write_png_header_only(tmp_path / "bomb.png", 60000, 60000)
+    out = tmp_path / "out"
+    cmd = bundle_cli("--input_path", bomb, "--output_dir", out) if door == "bundle_cli" else segment_slides(bomb, "-o", out)
+    proc = run(with_peak_rss(cmd))
+    assert proc.returncode == EXIT_SKIPPED and "bomb.png: image too large" in proc.stderr
+    peak = float(proc.stdout.strip().splitlines()[-1].split()[-1])
+    assert peak < 2000, f"peak RSS {peak:.0f} MB"  # 0.2.0: 23 GB and an out-of-memory kill
+    assert json.loads((out / "report.json").read_text())["skipped"]
+
+
+FATAL = [
+    # case, CLI arguments (in, out, extra) as built in the test, expected message
+    ("missing_input", "no such file or folder"),
+    ("empty_folder", "no images or slides"),
+    ("text_checkpoint", "not a readable model checkpoint"),
+    ("zero_mpp", "must be a positive number"),
+    ("negative_mpp", "must be a positive number"),
+    ("unwritable_output", "output folder is not writable"),
+]
+
+
+@pytest.mark.parametrize("door", ["bundle_cli", "segment_slides"])
+@pytest.mark.parametrize("case, message", FATAL)
+def test_fatal_input_errors_are_one_line(tmp_path, door, case, message):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if case != "empty_folder":
+        (folder / "crop.png").write_bytes(first_sample().read_bytes())
+    src, out, opts = (tmp_path / "missing" if case == "missing_input" else folder), tmp_path / "out", {}
+    if case == "text_checkpoint":
+        (tmp_path / "model.pt").write_text("not a checkpoint\n")
+        opts = {"--checkpoint" if door == "bundle_cli" else "--model": tmp_path / "model.pt"}
+    elif case in ("zero_mpp", "negative_mpp"):
+        opts = {"--mpp": 0 if case == "zero_mpp" else -0.5}
+    elif case == "unwritable_output":
+        (tmp_path / "a_file").write_text("")
+        out = tmp_path / "a_file" / "out"
+    extra = [str(v) for kv in opts.items() for v in kv]
+    cmd = bundle_cli("--input_path", src, "--output_dir", out, *extra) if door == "bundle_cli" else segment_slides(src, "-o", out, *extra)
+    proc = run(cmd)
+    assert proc.returncode == EXIT_ERROR, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    if case != "unwritable_output" and case != "text_checkpoint" and "mpp" not in case:
+        assert json.loads((out / "report.json").read_text())["written"] == [], "report.json is written"
+
+
+def test_main_job_exits_zero_when_all_written(tmp_path):
+    proc = run(bundle_cli("--output_dir", tmp_path))
+    assert proc.returncode == EXIT_OK, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report["written"]) == 4 and report["skipped"] == [] and report["nucleus_count"] > 100
+    for s in report["written"]:
+        assert s["nuclei_per_mm2_tissue"] > 0 and set(s["files"]) == {"instances", "mask", "geojson", "csv", "overlay"}
