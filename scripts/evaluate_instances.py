@@ -24,17 +24,15 @@ from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
-import torch
 from scipy import ndimage
 from skimage.segmentation import watershed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.training.checkpoints import load_state_dict  # noqa: E402
 from bundle.config_io import load_config  # noqa: E402
 from bundle.data.datalists import make_split  # noqa: E402
-from bundle.io.images import read_mask  # noqa: E402
-from bundle.evaluation.metrics import aggregated_jaccard_index, detection_f1, panoptic_quality  # noqa: E402
+from bundle.io.images import read_mask, read_rgb  # noqa: E402
+from bundle.evaluation.metrics import aggregated_jaccard_index, instance_scores  # noqa: E402
 from bundle.pipeline.split import binary_mask, split_instances  # noqa: E402
 from bundle.data.targets import instance_labels  # noqa: E402
 
@@ -76,20 +74,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--output", default=None, help="JSON file for per-image and mean values")
     args = parser.parse_args(argv)
 
-    config = load_config("inference", overrides={"tta": args.tta})
-    device = config.get_parsed_content("device")
-    net = config.get_parsed_content("network_def").to(device).eval()
-    net.load_state_dict(load_state_dict(args.model or Path(config.get_parsed_content("ckpt_dir")) / "model.pt"))
-    preprocess = config.get_parsed_content("preprocessing")
-    inferer = config.get_parsed_content("inferer")
+    overrides = {"tta": args.tta, **({"checkpoint": str(Path(args.model).resolve())} if args.model else {})}
+    predict = load_config("inference", overrides=overrides).get_parsed_content("segmenter").predictor
     items = make_split(args.dataset_dir, args.split_mode, args.val_fraction, seed=args.seed)[args.split][: args.limit]
     maps = []
     for item in items:
         t0 = time.perf_counter()
-        image = preprocess({"image": item["image"]})["image"].unsqueeze(0).to(device)
-        with torch.no_grad():
-            out = torch.sigmoid(inferer(image, net))[0].float().cpu().numpy()
-        prob, distance = out[0], (out[1] if out.shape[0] > 1 else None)
+        prob, distance = predict(read_rgb(item["image"]))
         truth = instance_labels(read_mask(item["label"]))  # a binary truth: connected components
         maps.append((Path(item["image"]).name, prob, distance, truth))
         print(f"{maps[-1][0]}: probability map in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -102,9 +93,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name, prob, distance, truth in maps:
             pred = split_instances(prob, threshold=threshold, min_distance=min_distance, sigma=sigma,
                                    distance=distance if with_head else None, marker_height=marker_height)
-            pq = panoptic_quality(truth, pred)
-            rows.append({"image": name, "aji": aggregated_jaccard_index(truth, pred), "pq": pq["pq"], "dq": pq["dq"], "sq": pq["sq"],
-                         "f1": detection_f1(truth, pred), "n_true": int(truth.max()), "n_pred": int(pred.max())})
+            rows.append({"image": name, **instance_scores(truth, pred), "n_true": int(truth.max()), "n_pred": int(pred.max())})
         mean = {k: float(np.mean([r[k] for r in rows])) for k in ("aji", "pq", "dq", "sq", "f1")}
         results.append({"min_distance": min_distance, "sigma": sigma, "threshold": threshold, "marker_height": marker_height,
                         "markers": "distance head" if with_head else "mask distance transform", "mean": mean, "images": rows})

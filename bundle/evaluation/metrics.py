@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Union
 
 import numpy as np
 import torch
+from monai.metrics import compute_panoptic_quality
 from monai.utils import min_version, optional_import
 from scipy import ndimage
 
@@ -156,24 +157,29 @@ def aggregated_jaccard_index(true: Any, pred: Any) -> float:
 
 
 def panoptic_quality(true: Any, pred: Any, iou_threshold: float = 0.5) -> Dict[str, float]:
-    """Panoptic quality PQ = DQ x SQ (Kirillov et al.; HoVer-Net's ``get_fast_pq`` with threshold 0.5).
+    """Panoptic quality PQ = DQ x SQ (Kirillov et al.), counted by MONAI's ``compute_panoptic_quality``.
 
-    Pairs of true and predicted nuclei with IoU > ``iou_threshold`` (unique for thresholds >= 0.5) are matches.
+    Pairs of true and predicted nuclei with IoU > ``iou_threshold`` are matches (unique for thresholds >= 0.5).
     DQ = TP / (TP + FP / 2 + FN / 2); SQ = mean IoU of the matches; all 1.0 when both maps are empty.
 
     Returns:
         ``{"pq", "dq", "sq", "tp", "fp", "fn"}``.
+
+    Raises:
+        ValueError: shapes differ.
     """
-    o = instance_overlaps(true, pred)
-    n, m = o["inter"].shape
-    if n == 0 and m == 0:
+    t, p = np.asarray(true), np.asarray(pred)
+    if t.shape != p.shape:
+        raise ValueError(f"prediction shape {p.shape} differs from truth shape {t.shape}")
+    if not t.any() and not p.any():
         return {"pq": 1.0, "dq": 1.0, "sq": 1.0, "tp": 0, "fp": 0, "fn": 0}
-    iou = o["inter"] / np.maximum(o["union"], 1) if n and m else np.zeros((n, m))
-    matched = iou > iou_threshold
-    tp = int(matched.sum())
-    fp, fn = m - tp, n - tp
+    counts = compute_panoptic_quality(
+        torch.as_tensor(p.astype(np.int64)), torch.as_tensor(t.astype(np.int64)), match_iou_threshold=iou_threshold, output_confusion_matrix=True
+    )
+    tp, fp, fn = (int(v) for v in counts[:3])
+    iou_sum = float(counts[3])
     dq = tp / (tp + 0.5 * fp + 0.5 * fn)
-    sq = float(iou[matched].mean()) if tp else 0.0
+    sq = iou_sum / tp if tp else 0.0
     return {"pq": dq * sq, "dq": dq, "sq": sq, "tp": tp, "fp": fp, "fn": fn}
 
 
@@ -188,6 +194,17 @@ def detection_f1(true: Any, pred: Any) -> float:
     hits = {int(t[int(round(r)), int(round(c))]) for r, c in centroids} - {0}
     tp = len(hits)
     return 2 * tp / (n + m) if n + m else 1.0
+
+
+def instance_scores(true: Any, pred: Any) -> Dict[str, float]:
+    """The instance scores the bundle reports for one image: ``{"aji", "pq", "dq", "sq", "f1"}``.
+
+    Args:
+        true: instance labels (H, W), 0 background (a binary truth: see ``bundle.data.targets.instance_labels``).
+        pred: instance labels (H, W), 0 background.
+    """
+    pq = panoptic_quality(true, pred)
+    return {"aji": aggregated_jaccard_index(true, pred), "pq": pq["pq"], "dq": pq["dq"], "sq": pq["sq"], "f1": detection_f1(true, pred)}
 
 
 class SegmentationReport:
@@ -265,9 +282,7 @@ class SegmentationReport:
         truth = read_mask(str(source)).astype(np.int64) if source else np.asarray(torch.as_tensor(label).cpu()).reshape(pred_inst.shape)
         if truth.shape != pred_inst.shape:
             raise ValueError(f"{source}: truth {truth.shape} and prediction {pred_inst.shape} differ in size")
-        truth = instance_labels(truth)  # a binary truth: connected components
-        pq = panoptic_quality(truth, pred_inst)
-        return {"aji": aggregated_jaccard_index(truth, pred_inst), "pq": pq["pq"], "dq": pq["dq"], "sq": pq["sq"], "f1": detection_f1(truth, pred_inst)}
+        return instance_scores(instance_labels(truth), pred_inst)  # a binary truth: connected components
 
     def _write(self, engine: Engine) -> None:
         summary = summarize(self.rows)

@@ -6,7 +6,19 @@ import torch
 import torch.nn as nn
 from monai.losses import DiceCELoss
 
-__all__ = ["NucleusLoss"]
+__all__ = ["NucleusLoss", "distance_loss"]
+
+
+def distance_loss(distance: torch.Tensor, target: torch.Tensor, nucleus: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of a predicted normalised distance to its target, over all pixels plus over nucleus pixels.
+
+    Args:
+        distance: predicted normalised distance in [0, 1] (the sigmoid of the distance logit), (B, 1, H, W).
+        target: normalised distance target, (B, 1, H, W).
+        nucleus: 1 inside nuclei, 0 elsewhere, (B, 1, H, W).
+    """
+    squared = (distance - target) ** 2
+    return squared.mean() + (squared * nucleus).sum() / nucleus.sum().clamp(min=1.0)
 
 
 class NucleusLoss(nn.Module):
@@ -43,8 +55,4 @@ class NucleusLoss(nn.Module):
         if pred.shape[1] == 1:
             return loss
         distance = torch.sigmoid(pred[:, 1:].float())
-        truth = target[:, 1:].float()
-        nucleus = target[:, :1].float()
-        squared = (distance - truth) ** 2
-        inside = (squared * nucleus).sum() / nucleus.sum().clamp(min=1.0)
-        return loss + self.lambda_distance * (squared.mean() + inside)
+        return loss + self.lambda_distance * distance_loss(distance, target[:, 1:].float(), target[:, :1].float())

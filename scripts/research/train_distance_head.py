@@ -22,14 +22,14 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bundle.training.checkpoints import load_state_dict  # noqa: E402
 from bundle.data.datalists import make_split  # noqa: E402
 from bundle.io.images import read_mask  # noqa: E402
-from bundle.evaluation.metrics import aggregated_jaccard_index, detection_f1, panoptic_quality  # noqa: E402
+from bundle.evaluation.metrics import instance_scores  # noqa: E402
+from bundle.training.losses import distance_loss  # noqa: E402
 from bundle.networks.blocks import DistanceHead  # noqa: E402
 from bundle.pipeline.split import split_instances  # noqa: E402
 from bundle.data.targets import instance_labels, normalized_distance  # noqa: E402
@@ -62,9 +62,7 @@ def score(samples: List[Dict[str, np.ndarray]], distances: Optional[List[np.ndar
     rows = []
     for i, s in enumerate(samples):
         pred = split_instances(s["prob"], distance=None if distances is None else distances[i], marker_height=marker_height)
-        pq = panoptic_quality(s["truth"], pred)
-        rows.append({"aji": aggregated_jaccard_index(s["truth"], pred), "pq": pq["pq"], "dq": pq["dq"], "sq": pq["sq"],
-                     "f1": detection_f1(s["truth"], pred)})
+        rows.append(instance_scores(s["truth"], pred))
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
@@ -112,8 +110,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             ys.append(s["distance"][None, r: r + args.crop, c: c + args.crop])
         x, y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
         pred = torch.sigmoid(head(x))
-        nucleus = (y > 0).float()
-        loss = F.mse_loss(pred, y) + (((pred - y) ** 2) * nucleus).sum() / nucleus.sum().clamp(min=1)
+        loss = distance_loss(pred, y, (y > 0).float())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -16,6 +16,7 @@ resampled to the model's resolution. The weights are reloaded when ``models/mode
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -37,6 +38,7 @@ from bundle.io.slides import SlideSource, open_source
 from bundle.pipeline.segmenter import NucleusSegmenter
 
 __all__ = ["NucleusMaskInfer", "NucleusPolygonInfer", "xml_safe"]
+logger = logging.getLogger(__name__)
 LABEL = "Nucleus"
 LABEL_COLOUR = (0, 200, 0)
 
@@ -85,6 +87,7 @@ class _NucleusTask(InferTask):
             self._segmenter = config.get_parsed_content("segmenter")
         elif mtime != self._loaded_mtime:
             self._segmenter.load_weights(self.model_path)
+            logger.info("%s changed: weights reloaded", self.model_path)
         self._loaded_mtime = mtime
         return self._segmenter
 
