@@ -295,3 +295,20 @@ def test_main_job_exits_zero_when_all_written(tmp_path):
     assert len(report["written"]) == 4 and report["skipped"] == [] and report["nucleus_count"] > 100
     for s in report["written"]:
         assert s["nuclei_per_mm2_tissue"] > 0 and set(s["files"]) == {"instances", "mask", "geojson", "csv", "overlay"}
+
+
+def test_stain_normalisation_and_tta_apply_in_the_pipeline(tmp_path):
+    """Switched on in configs/inference.json, both reach every entry point through the segmenter's predictor."""
+    from bundle.data.transforms import MacenkoNormalize
+
+    plain = load_config("inference", overrides=LIGHT).get_parsed_content("segmenter")
+    assert plain.predictor.stain_normalizer is None and plain.predictor.inferer.flips == [()]
+    segmenter = load_config("inference", overrides={**LIGHT, "stain_normalization": True, "tta": True}).get_parsed_content("segmenter")
+    assert isinstance(segmenter.predictor.stain_normalizer, MacenkoNormalize) and len(segmenter.predictor.inferer.flips) == 4
+    segmenter.network.load_state_dict(plain.network.state_dict())
+    rgb = sample_rgb()
+    prob_plain, _ = plain.predictor(rgb)
+    prob, _ = segmenter.predictor(rgb)
+    assert prob.shape == prob_plain.shape and not np.allclose(prob, prob_plain), "normalised and flipped input changes the maps"
+    summary = segmenter.segment(first_sample(), tmp_path)
+    assert Path(summary["files"]["instances"]).is_file()
