@@ -144,6 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_ERROR
     report = app.report
     report.save()
+    for item in report.skipped:
+        print(f"skipped: {item['reason']}", file=sys.stderr)
     if report.skipped:
         print(f"warning: {len(report.skipped)} of {len(report.written) + len(report.skipped)} inputs skipped, see {report.path}", file=sys.stderr)
     print(f"{len(report.written)} written, {len(report.skipped)} skipped -> {report.path}")

@@ -229,7 +229,7 @@ def test_batch_of_bad_inputs(batch, tmp_path, door):
     assert {Path(c["input"]).name for c in report["conversions"]} == {"gray.png", "two_channel.tif", "multipage_gray.tif"}
     assert report["exit_status"] == EXIT_SKIPPED and report["nucleus_count"] == sum(s["nucleus_count"] for s in written.values())
     for name in ("gray.png", "two_channel.tif", "multipage_gray.tif", "x.png", "small.png"):
-        assert written[name]["nucleus_count"] > 5 and "message" not in written[name], name
+        assert written[name]["nucleus_count"] >= (1 if name == "small.png" else 10) and "message" not in written[name], name
     assert written["x.png"]["name"] == "x_png" and written["x.tif"]["name"] == "x_tif"
     x_png = tifffile.imread(out / "x_png" / "x_png_instances.tif")
     x_tif = tifffile.imread(out / "x_tif" / "x_tif_instances.tif")
@@ -244,7 +244,7 @@ def test_header_bomb_alone_keeps_memory_low(tmp_path, door):
     out = tmp_path / "out"
     cmd = bundle_cli("--input_path", bomb, "--output_dir", out) if door == "bundle_cli" else segment_slides(bomb, "-o", out)
     proc = run(with_peak_rss(cmd))
-    assert proc.returncode == EXIT_SKIPPED and "bomb.png: image too large" in proc.stderr
+    assert proc.returncode == EXIT_SKIPPED and "bomb.png: image too large" in proc.stdout + proc.stderr  # the log goes to stdout
     peak = float(proc.stdout.strip().splitlines()[-1].split()[-1])
     assert peak < 2000, f"peak RSS {peak:.0f} MB"  # 0.2.0: 23 GB and an out-of-memory kill
     assert json.loads((out / "report.json").read_text())["skipped"]

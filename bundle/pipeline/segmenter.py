@@ -78,7 +78,8 @@ class NucleusSegmenter:
             before decoding (memory: 3 bytes a pixel); slides are read tile by tile whatever their size.
         max_mask_megapixels: ``<name>_seg.png`` is written for inputs up to this size (1 byte a pixel in memory);
             the instance TIFF holds the mask of larger ones.
-        amp: run the network under bfloat16 autocast (CUDA).
+        amp: run the network under bfloat16 autocast (see :class:`TilePredictor`).
+        channels_last: run the network in the channels-last memory format.
         stain_normalizer: applied to every tile before the network (see :class:`TilePredictor`); None: none.
         progress: show a progress bar over tiles.
 
@@ -101,6 +102,7 @@ class NucleusSegmenter:
         max_image_megapixels: float = 64.0,
         max_mask_megapixels: float = 64.0,
         amp: bool = False,
+        channels_last: bool = False,
         stain_normalizer: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         progress: bool = True,
     ):
@@ -111,7 +113,7 @@ class NucleusSegmenter:
         self.checkpoint = checkpoint
         if checkpoint is not None:
             self.load_weights(checkpoint)
-        self.predictor = TilePredictor(self.network, inferer, self.device, patch_size, amp, stain_normalizer)
+        self.predictor = TilePredictor(self.network, inferer, self.device, patch_size, amp, stain_normalizer, channels_last)
         self.splitter = splitter
         self.model_mpp = float(model_mpp)
         self.tile_size, self.margin = int(tile_size), int(margin)

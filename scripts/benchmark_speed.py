@@ -1,0 +1,212 @@
+"""Speed of the nucleus pipeline per execution option, against MONAI's BasicUNet measured in the same run.
+
+    python scripts/benchmark_speed.py                                   # the 4 sample crops, every option
+    python scripts/benchmark_speed.py --dataset_dir ../shared/data/monuseg/train --images 2 --threads 2
+
+Each option runs in a fresh process (so that its peak RSS is its own) on the same images, with the machine's
+thread count stated: end-to-end megapixels per second (read -> tiles -> network -> instances -> files, the
+bundle's ``NucleusSegmenter.segment``) and network-only megapixels per second (the predictor on the decoded image:
+sliding window and network); the ratio of each to BasicUNet (features 32..256, fp32, eager, through the same
+pipeline); achieved GFLOP/s of the network (FlopCounterMode FLOPs of the windows run, over the network time)
+against the CPU's peak (cores x clock x FP32 FLOPs per cycle per core, stated); and the agreement of each GRU-Net
+option with GRU-Net fp32 eager (Dice between the two masks) and its AJI against the truth when the images have
+masks. Prints one Markdown table; ``--output`` writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# option: (network, overrides of configs/inference.json)
+OPTIONS: Dict[str, Dict[str, Any]] = {
+    "grunet_fp32": {},
+    "grunet_channels_last": {"channels_last": True},
+    "grunet_bf16": {"bf16": True},
+    "grunet_bf16_channels_last": {"bf16": True, "channels_last": True},
+    "grunet_512_windows": {"patch_size": [512, 512], "sw_overlap": 0.125},
+    "grunet_light": {"network_def#features": 16, "network_def#cdrb_units": 2, "checkpoint": None},
+    "basicunet_fp32": {"network_def": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
+                                       "features": [32, 32, 64, 128, 256, 32]}, "checkpoint": None},
+}
+BASELINE, REFERENCE = "basicunet_fp32", "grunet_fp32"
+
+
+def list_images(dataset_dir: Path, count: int) -> List[Dict[str, Optional[str]]]:
+    """The first ``count`` images (the validation split of a dataset with masks/, else the folder's images)."""
+    from bundle.data.datalists import make_split
+
+    if (dataset_dir / "masks").is_dir():
+        items = make_split(str(dataset_dir))["validation"]
+        return [{"image": d["image"], "label": d["label"]} for d in items[:count]]
+    folder = dataset_dir / "images" if (dataset_dir / "images").is_dir() else dataset_dir
+    return [{"image": str(p), "label": None} for p in sorted(folder.glob("*.png"))[:count]]
+
+
+def windows(size: int, roi: int, overlap: float) -> int:
+    """Sliding-window positions along one axis (MONAI's scan: interval roi * (1 - overlap))."""
+    if size <= roi:
+        return 1
+    interval = max(1, int(roi * (1 - overlap)))
+    return math.ceil((size - roi) / interval) + 1
+
+
+def worker(option: str, images: List[Dict[str, Optional[str]]], out_dir: Path, threads: int) -> Dict[str, Any]:
+    """Run one option on every image; save its instance maps; return timings, FLOPs and peak RSS."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bundle.config_io import load_config
+    from bundle.io.images import read_rgb
+
+    torch.set_num_threads(threads)
+    overrides = {"progress": False, "device": "$torch.device('cpu')", **OPTIONS[option]}
+    config = load_config("inference", overrides=overrides)
+    segmenter = config.get_parsed_content("segmenter")
+    predictor = segmenter.predictor
+    roi, overlap = predictor.patch_size[0], float(config.get_parsed_content("sw_overlap"))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        segmenter.network(torch.zeros(1, 3, roi, roi))
+    flops_per_window = counter.get_total_flops()
+    predictor(np.zeros((roi, roi, 3), np.uint8))  # warm-up
+    end_to_end = network = mpx = flops = 0.0
+    for item in images:
+        rgb = read_rgb(item["image"])
+        h, w = rgb.shape[:2]
+        t0 = time.perf_counter()
+        predictor(rgb)
+        network += time.perf_counter() - t0
+        flops += flops_per_window * windows(h, roi, overlap) * windows(w, roi, overlap)
+        t0 = time.perf_counter()
+        summary = segmenter.segment(item["image"], out_dir)
+        end_to_end += time.perf_counter() - t0
+        mpx += h * w / 1e6
+        np.save(out_dir / f"{summary['name']}.npy", __import__("tifffile").imread(summary["files"]["instances"]))
+    return {
+        "option": option, "megapixels": mpx, "end_to_end_s": end_to_end, "network_s": network,
+        "end_to_end_mpx_s": mpx / end_to_end, "network_mpx_s": mpx / network, "gflop_s": flops / network / 1e9,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+
+
+def cpu_peak_gflops(threads: int) -> Dict[str, Any]:
+    """cores x clock x FP32 FLOPs per cycle per core (two 512-bit FMA units with AVX-512: 2 x 16 x 2 = 64; two
+    256-bit with AVX2: 32)."""
+    flags, mhz, model = "", 0.0, platform.processor()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "flags" and not flags:
+                flags = value
+            elif key == "cpu MHz" and not mhz:
+                mhz = float(value)
+            elif key == "model name":
+                model = value.strip()
+    per_cycle = 64 if "avx512f" in flags else 32 if "avx2" in flags else 8
+    return {
+        "cpu": model, "threads": threads, "clock_ghz": mhz / 1e3, "fp32_flops_per_cycle": per_cycle,
+        "bf16_hardware": any(f in flags.split() for f in ("avx512_bf16", "amx_bf16")),
+        "peak_gflop_s": threads * mhz / 1e3 * per_cycle,
+    }
+
+
+def agreement(option_dir: Path, reference_dir: Path, images: List[Dict[str, Optional[str]]]) -> Dict[str, float]:
+    """Dice between the option's and the reference's masks; mean AJI of each against the truth (when known)."""
+    from bundle.data.targets import instance_labels
+    from bundle.evaluation.metrics import aggregated_jaccard_index
+    from bundle.io.images import read_mask
+
+    dice, aji, aji_ref = [], [], []
+    for item in images:
+        name = Path(item["image"]).stem
+        a, b = np.load(option_dir / f"{name}.npy"), np.load(reference_dir / f"{name}.npy")
+        dice.append(2.0 * ((a > 0) & (b > 0)).sum() / max(1, (a > 0).sum() + (b > 0).sum()))
+        if item["label"]:
+            truth = instance_labels(read_mask(item["label"]))
+            aji.append(aggregated_jaccard_index(truth, a))
+            aji_ref.append(aggregated_jaccard_index(truth, b))
+    out = {"dice_vs_fp32": float(np.mean(dice))}
+    if aji:
+        out.update(aji=float(np.mean(aji)), aji_minus_fp32=float(np.mean(aji) - np.mean(aji_ref)))
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset_dir", default=str(Path(__file__).resolve().parents[1] / "sample_data" / "monuseg"))
+    parser.add_argument("--images", type=int, default=4, help="how many images (the validation split's first ones)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--options", default=",".join(OPTIONS), help=f"comma list of {', '.join(OPTIONS)}")
+    parser.add_argument("--output", default=None, help="JSON file for the figures")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--work_dir", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    images = list_images(Path(args.dataset_dir), args.images)
+    if not images:
+        print(f"error: no images in {args.dataset_dir}", file=sys.stderr)
+        return 1
+    if args.worker:
+        result = worker(args.worker, images, Path(args.work_dir), args.threads)
+        print("RESULT " + json.dumps(result))
+        return 0
+    options = [o.strip() for o in args.options.split(",") if o.strip()]
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        print(f"error: unknown options {sorted(unknown)}; choose from {', '.join(OPTIONS)}", file=sys.stderr)
+        return 1
+    options = [o for o in OPTIONS if o in set(options) | {BASELINE, REFERENCE}]  # baseline and reference always run
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
+    results: Dict[str, Dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="benchmark_speed_") as tmp:
+        for option in options:
+            work = Path(tmp) / option
+            work.mkdir()
+            cmd = [sys.executable, __file__, "--worker", option, "--work_dir", str(work), "--dataset_dir", args.dataset_dir,
+                   "--images", str(args.images), "--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                print(f"{option}: failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})", file=sys.stderr)
+                continue
+            results[option] = json.loads(line[len("RESULT "):])
+            if "checkpoint" not in OPTIONS[option] and REFERENCE in results:  # the shipped weights: masks comparable
+                results[option].update(agreement(work, Path(tmp) / REFERENCE, images))
+            print(f"{option}: {results[option]['end_to_end_mpx_s']:.4f} Mpx/s end to end", file=sys.stderr, flush=True)
+    peak = cpu_peak_gflops(args.threads)
+    base = results.get(BASELINE)
+    print(f"{len(images)} images, {results[REFERENCE]['megapixels']:.2f} Mpx, {peak['threads']} threads on {peak['cpu']} "
+          f"({peak['clock_ghz']:.2f} GHz; peak {peak['peak_gflop_s']:.0f} GFLOP/s = {peak['threads']} cores x "
+          f"{peak['clock_ghz']:.2f} GHz x {peak['fp32_flops_per_cycle']} FP32 FLOPs/cycle; bf16 in hardware: {peak['bf16_hardware']})")
+    print("| option | end-to-end Mpx/s | x BasicUNet | network Mpx/s | x BasicUNet | GFLOP/s | % of peak | peak RSS MB | Dice vs fp32 | AJI | AJI - fp32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for option, r in results.items():
+        e2e = f"{r['end_to_end_mpx_s'] / base['end_to_end_mpx_s']:.2f}" if base else "-"
+        net = f"{r['network_mpx_s'] / base['network_mpx_s']:.2f}" if base else "-"
+        dice = f"{r['dice_vs_fp32']:.4f}" if "dice_vs_fp32" in r else "-"
+        aji = f"{r['aji']:.4f}" if "aji" in r else "-"
+        daji = f"{r['aji_minus_fp32']:+.4f}" if "aji_minus_fp32" in r else "-"
+        print(f"| {option} | {r['end_to_end_mpx_s']:.4f} | {e2e} | {r['network_mpx_s']:.4f} | {net} | {r['gflop_s']:.1f} "
+              f"| {100 * r['gflop_s'] / peak['peak_gflop_s']:.1f} | {r['peak_rss_mb']:.0f} | {dice} | {aji} | {daji} |")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps({"cpu": peak, "images": images, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
