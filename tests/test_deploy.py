@@ -24,7 +24,7 @@ from PIL import Image
 
 from bundle.training.checkpoints import load_state_dict
 from bundle.config_io import config_path, load_config
-from tests.helpers import MONUSEG, ROOT, make_bad_image_folder
+from tests.helpers import MONUSEG, ROOT, make_bad_image_folder, write_png_header_only
 
 DEPLOY_PYTHON = ROOT / ".venv-deploy" / "bin" / "python"
 APP = ROOT / "deploy" / "app.py"
@@ -194,6 +194,7 @@ BAD_RUNS = [
     ("checkpoint_as_model", "not a TorchScript model", 1),
     ("folder_without_model", "expected one TorchScript model", 1),
     ("only_corrupt", "not a readable image", 2),  # run, and every input skipped
+    ("header_bomb", "image too large", 2),  # a PNG header declaring 60000 x 60000: refused before decoding
     ("output_under_a_file", "cannot create the output folder", 1),
     ("bad_mpp", "must be a positive number", 1),
 ]
@@ -216,6 +217,9 @@ def test_app_bad_input_exits_non_zero_with_one_clear_line(tmp_path, model_ts, wh
         model.mkdir()
     elif what == "only_corrupt":
         (folder / SAMPLES[0].name).write_bytes(SAMPLES[0].read_bytes()[:200])
+    elif what == "header_bomb":
+        (folder / SAMPLES[0].name).unlink()
+        write_png_header_only(folder / "bomb.png", 60000, 60000)
     output = tmp_path / "out"
     if what == "output_under_a_file":
         (tmp_path / "a_file").write_text("")

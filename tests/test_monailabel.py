@@ -27,7 +27,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from tests.helpers import MONUSEG, ROOT
+from tests.helpers import MONUSEG, ROOT, write_png_header_only
 
 requests = pytest.importorskip("requests")
 
@@ -210,11 +210,14 @@ def test_gdam_uncertainty_strategy(server: Server) -> None:
 
 
 @pytest.mark.parametrize("route", [f"/infer/{MODEL}", f"/infer/wsi_v2/{POLYGONS}"])
-def test_bad_requests_get_errors_and_server_keeps_serving(server: Server, route: str) -> None:
+def test_bad_requests_get_errors_and_server_keeps_serving(server: Server, route: str, tmp_path: Path) -> None:
     res = server.post(route, params={"image": "no_such_image"})
     assert res.status_code == 404 and "no_such_image" in res.json()["detail"]
     res = server.post(route, files={"file": ("corrupt.png", b"\x89PNG not really an image")})
     assert res.status_code == 422 and "cannot read image" in res.json()["detail"]
+    bomb = write_png_header_only(tmp_path / "bomb.png", 60000, 60000).read_bytes()  # refused before decoding
+    res = server.post(route, files={"file": ("bomb.png", bomb)})
+    assert res.status_code == 422 and "image too large" in res.json()["detail"]
     assert requests.get(server.url + "/info/", timeout=30).status_code == 200
 
 
