@@ -34,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # option: (network, overrides of configs/inference.json)
 OPTIONS: Dict[str, Dict[str, Any]] = {
-    "grunet_fp32": {},
-    "grunet_channels_last": {"channels_last": True},
-    "grunet_bf16": {"bf16": True},
+    "grunet_fp32": {"channels_last": False},
+    "grunet_channels_last": {"channels_last": True},  # the default on CPU
+    "grunet_bf16": {"bf16": True, "channels_last": False},
     "grunet_bf16_channels_last": {"bf16": True, "channels_last": True},
-    "grunet_512_windows": {"patch_size": [512, 512], "sw_overlap": 0.125},
+    "grunet_512_windows": {"channels_last": True, "patch_size": [512, 512], "sw_overlap": 0.125},
     "grunet_light": {"network_def#features": 16, "network_def#cdrb_units": 2, "checkpoint": None},
-    "basicunet_fp32": {"network_def": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
+    "basicunet_fp32": {"channels_last": False, "network_def": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
                                        "features": [32, 32, 64, 128, 256, 32]}, "checkpoint": None},
 }
 BASELINE, REFERENCE = "basicunet_fp32", "grunet_fp32"

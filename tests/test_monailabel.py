@@ -247,7 +247,7 @@ def test_same_nuclei_through_every_entry_point(server: Server, tmp_path: Path) -
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
     runs = {
         "bundle_cli": [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--meta_file",
-                       "configs/metadata.json", "--input_path", str(image), "--output_dir", str(tmp_path / "bundle_cli"), "--progress", "false"],
+                       "configs/metadata.json", "--input_path", str(image), "--output_dir", str(tmp_path / "bundle_cli"), "--progress", "False"],
         "segment_slides": [sys.executable, "scripts/segment_slides.py", str(image), "-o", str(tmp_path / "segment_slides"), "--no_progress"],
     }
     deploy_python, model_ts = ROOT / ".venv-deploy" / "bin" / "python", ROOT / "models" / "model.ts"

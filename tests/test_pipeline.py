@@ -188,7 +188,7 @@ def with_peak_rss(cmd: list) -> list:
 
 
 def bundle_cli(*args) -> list:
-    return [PY, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", *META, *map(str, args), "--progress", "false"]
+    return [PY, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", *META, *map(str, args), "--progress", "False"]
 
 
 def segment_slides(*args) -> list:

@@ -250,7 +250,7 @@ def test_bundle_config_runs_on_a_given_input(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
            "--meta_file", "configs/metadata.json", "--input_path", str(first_sample()), "--output_dir", str(tmp_path),
-           "--mpp", "0.25", "--progress", "false"]
+           "--mpp", "0.25", "--progress", "False"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stem = first_sample().stem
