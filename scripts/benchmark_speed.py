@@ -33,14 +33,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # option: (network, overrides of configs/inference.json)
+TORCH = {"runtime": "torch"}
 OPTIONS: Dict[str, Dict[str, Any]] = {
-    "grunet_fp32": {"channels_last": False},
-    "grunet_channels_last": {"channels_last": True},  # the default on CPU
-    "grunet_bf16": {"bf16": True, "channels_last": False},
-    "grunet_bf16_channels_last": {"bf16": True, "channels_last": True},
-    "grunet_512_windows": {"channels_last": True, "patch_size": [512, 512], "sw_overlap": 0.125},
-    "grunet_light": {"network_def#features": 16, "network_def#cdrb_units": 2, "checkpoint": None},
-    "basicunet_fp32": {"channels_last": False, "network_def": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
+    "grunet_fp32": {**TORCH, "channels_last": False},
+    "grunet_channels_last": {**TORCH, "channels_last": True},
+    "grunet_bf16": {**TORCH, "bf16": True, "channels_last": False},
+    "grunet_bf16_channels_last": {**TORCH, "bf16": True, "channels_last": True},
+    "grunet_openvino": {"runtime": "openvino"},  # the default on CPU
+    "grunet_512_windows": {**TORCH, "channels_last": True, "patch_size": [512, 512], "sw_overlap": 0.125},
+    "grunet_light": {"runtime": "openvino", "network_def#features": 16, "network_def#cdrb_units": 2, "checkpoint": None},
+    "basicunet_fp32": {**TORCH, "channels_last": False, "network_def": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
                                        "features": [32, 32, 64, 128, 256, 32]}, "checkpoint": None},
 }
 BASELINE, REFERENCE = "basicunet_fp32", "grunet_fp32"
@@ -74,6 +76,7 @@ def worker(option: str, images: List[Dict[str, Optional[str]]], out_dir: Path, t
     from bundle.io.images import read_rgb
 
     torch.set_num_threads(threads)
+    torch.manual_seed(0)  # the same untrained weights in every run (light GRU-Net, BasicUNet)
     overrides = {"progress": False, "device": "$torch.device('cpu')", **OPTIONS[option]}
     config = load_config("inference", overrides=overrides)
     segmenter = config.get_parsed_content("segmenter")

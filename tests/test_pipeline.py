@@ -312,3 +312,25 @@ def test_stain_normalisation_and_tta_apply_in_the_pipeline(tmp_path):
     assert prob.shape == prob_plain.shape and not np.allclose(prob, prob_plain), "normalised and flipped input changes the maps"
     summary = segmenter.segment(first_sample(), tmp_path)
     assert Path(summary["files"]["instances"]).is_file()
+
+
+def test_runtimes(light_segmenter):
+    from bundle.pipeline.runtimes import network_for_runtime
+
+    net = light_segmenter.network
+    assert network_for_runtime(net, "torch", (128, 128)) is net
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        network_for_runtime(net, "tensorrt", (128, 128))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_openvino_runtime_gives_the_network_output(light_segmenter, batch):
+    pytest.importorskip("openvino")
+    from bundle.pipeline.runtimes import OpenVINONetwork
+
+    net = light_segmenter.network.eval()
+    x = torch.rand(batch, 3, 128, 128)
+    with torch.no_grad():
+        expected = net(x.contiguous())
+    actual = OpenVINONetwork(net, (128, 128), threads=2)(x)
+    assert actual.shape == expected.shape and torch.allclose(torch.sigmoid(actual), torch.sigmoid(expected), atol=2e-3)

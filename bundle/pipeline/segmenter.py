@@ -39,6 +39,7 @@ from bundle.pipeline.check import check_output_dir, list_inputs, output_names
 from bundle.pipeline.measure import Nucleus, density_per_mm2, measure_nuclei
 from bundle.pipeline.predict import TilePredictor
 from bundle.pipeline.report import RunReport
+from bundle.pipeline.runtimes import network_for_runtime
 from bundle.pipeline.split import InstanceSplitter
 from bundle.pipeline.tiles import Box, TileGrid
 from bundle.training.checkpoints import load_state_dict
@@ -81,6 +82,8 @@ class NucleusSegmenter:
         amp: run the network under bfloat16 autocast (see :class:`TilePredictor`).
         channels_last: run the network in the channels-last memory format.
         stain_normalizer: applied to every tile before the network (see :class:`TilePredictor`); None: none.
+        runtime: ``"torch"``, or ``"openvino"`` (the network converted by OpenVINO, CPU only; see
+            :mod:`bundle.pipeline.runtimes`).
         progress: show a progress bar over tiles.
 
     Raises:
@@ -104,16 +107,21 @@ class NucleusSegmenter:
         amp: bool = False,
         channels_last: bool = False,
         stain_normalizer: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        runtime: str = "torch",
         progress: bool = True,
     ):
         if tile_size <= 0 or margin < 0 or model_mpp <= 0:
             raise ValueError(f"tile_size and model_mpp must be positive and margin non-negative, got {tile_size}, {model_mpp}, {margin}")
         self.device = torch.device(device)
+        if runtime != "torch" and self.device.type != "cpu":
+            raise ValueError(f"runtime {runtime!r} runs on the CPU, got device {self.device}")
         self.network = network.to(self.device).eval()
+        self.runtime, self.patch_size = runtime, patch_size
         self.checkpoint = checkpoint
         if checkpoint is not None:
-            self.load_weights(checkpoint)
-        self.predictor = TilePredictor(self.network, inferer, self.device, patch_size, amp, stain_normalizer, channels_last)
+            self._load_state(load_state_dict(checkpoint), checkpoint)
+        runner = network_for_runtime(self.network, runtime, patch_size)
+        self.predictor = TilePredictor(runner, inferer, self.device, patch_size, amp, stain_normalizer, channels_last)
         self.splitter = splitter
         self.model_mpp = float(model_mpp)
         self.tile_size, self.margin = int(tile_size), int(margin)
@@ -127,7 +135,12 @@ class NucleusSegmenter:
         Raises:
             InputError: missing file, not a torch checkpoint, or weights of another network.
         """
-        state = load_state_dict(checkpoint)
+        self._load_state(load_state_dict(checkpoint), checkpoint)
+        if self.runtime != "torch":  # a converted network holds its own copy of the weights
+            self.predictor.network = network_for_runtime(self.network, self.runtime, self.patch_size)
+
+    def _load_state(self, state: Dict[str, torch.Tensor], checkpoint: Union[str, os.PathLike]) -> None:
+        """Load ``state`` (read from ``checkpoint``) into the network; InputError when it does not fit."""
         try:
             self.network.load_state_dict(state)
         except RuntimeError as e:

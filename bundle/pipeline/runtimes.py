@@ -1,0 +1,93 @@
+"""Where the network runs: PyTorch itself, or the same network converted to OpenVINO for CPU inference.
+
+:func:`network_for_runtime` returns a callable with the network's signature, (B, 3, H, W) float32 in [0, 1] ->
+(B, C, H, W) logits, that the sliding-window inferer calls like the network. OpenVINO (``pip install openvino``)
+converts the PyTorch module (``openvino.convert_model``, about 10 s for GRU-Net) for windows of ``patch_size`` with
+any batch size and compiles it for the CPU in float32. The converted model is cached as OpenVINO IR (float32)
+under ``cache_dir`` (default ``$XDG_CACHE_HOME/grunet_nuclei/openvino``), keyed by a hash of the weights and the
+window size, so later runs start in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+__all__ = ["RUNTIMES", "OpenVINONetwork", "network_for_runtime"]
+
+RUNTIMES = ("torch", "openvino")
+logger = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/grunet_nuclei/openvino`` (``~/.cache`` when unset)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "grunet_nuclei" / "openvino"
+
+
+def weights_key(network: torch.nn.Module, patch_size: Sequence[int]) -> str:
+    """A hash of the network's class, parameters and buffers, and the window size."""
+    digest = hashlib.sha256(f"{type(network).__name__}:{tuple(int(v) for v in patch_size)}".encode())
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+class OpenVINONetwork(torch.nn.Module):
+    """A PyTorch network converted to and compiled by OpenVINO for the CPU (float32).
+
+    Args:
+        network: the PyTorch network (eager or TorchScript), with its weights loaded, in eval mode.
+        patch_size: (height, width) of the windows it will be called on (the batch size may vary).
+        threads: CPU threads OpenVINO may use (0: its default).
+        cache_dir: where converted models are kept (None: :func:`default_cache_dir`); an unwritable one only
+            costs the conversion next time.
+
+    Raises:
+        ImportError: OpenVINO is not installed.
+    """
+
+    def __init__(
+        self, network: torch.nn.Module, patch_size: Sequence[int], threads: int = 0, cache_dir: Optional[Union[str, os.PathLike]] = None
+    ):
+        super().__init__()
+        import openvino
+
+        h, w = int(patch_size[0]), int(patch_size[1])
+        cached = Path(cache_dir or default_cache_dir()) / f"{weights_key(network, (h, w))}.xml"
+        if cached.is_file():
+            model = openvino.Core().read_model(str(cached))
+        else:
+            example = torch.zeros(1, 3, h, w)
+            model = openvino.convert_model(network.eval(), example_input=example, input=[(-1, 3, h, w)])
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                openvino.save_model(model, str(cached), compress_to_fp16=False)
+            except (OSError, RuntimeError) as e:
+                logger.warning("could not cache the OpenVINO model in %s (%s); it is converted again next time", cached.parent, e)
+        self.source = cached
+        config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": int(threads)} if threads else {})}
+        self.compiled = openvino.Core().compile_model(model, "CPU", config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, h, w) as converted. Returns logits (B, C, h, w) float32 on the CPU."""
+        return torch.from_numpy(self.compiled(x.detach().cpu().float().contiguous().numpy())[0])
+
+
+def network_for_runtime(network: torch.nn.Module, runtime: str, patch_size: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``network`` itself (``"torch"``) or its OpenVINO conversion (``"openvino"``).
+
+    Raises:
+        ValueError: an unknown runtime.
+        ImportError: ``"openvino"`` without OpenVINO installed.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime == "torch":
+        return network
+    return OpenVINONetwork(network, patch_size, torch.get_num_threads())
