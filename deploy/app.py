@@ -74,11 +74,13 @@ def check_model(path: Path) -> Path:
 
 def load_segmenter(model: Path) -> NucleusSegmenter:
     """The bundle's pipeline as ``model.ts`` embeds it: its ``inference.json`` ``segmenter``, with the TorchScript
-    network in place of ``network_def`` and no checkpoint to load."""
+    network in place of ``network_def``, no checkpoint to load, and the PyTorch runtime (OpenVINO converts eager
+    networks, not scripted ones; on the same input the two give the same masks, see the README's speed table)."""
     parser = get_bundle_config(str(model), ["inference"])
     parser["deploy_model_path"] = str(model)
     parser["segmenter#network"] = "$torch.jit.load(@deploy_model_path, map_location=@device)"
     parser["segmenter#checkpoint"] = None
+    parser["segmenter#runtime"] = "torch"
     parser["segmenter#progress"] = False
     return parser.get_parsed_content("segmenter")
 

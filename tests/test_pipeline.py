@@ -321,6 +321,8 @@ def test_runtimes(light_segmenter):
     assert network_for_runtime(net, "torch", (128, 128)) is net
     with pytest.raises(ValueError, match="runtime must be one of"):
         network_for_runtime(net, "tensorrt", (128, 128))
+    with pytest.raises(ValueError, match="eager networks"):
+        network_for_runtime(torch.jit.script(net), "openvino", (128, 128))
 
 
 @pytest.mark.parametrize("batch", [1, 2])

@@ -42,7 +42,8 @@ class OpenVINONetwork(torch.nn.Module):
     """A PyTorch network converted to and compiled by OpenVINO for the CPU (float32).
 
     Args:
-        network: the PyTorch network (eager or TorchScript), with its weights loaded, in eval mode.
+        network: the eager PyTorch network, with its weights loaded, in eval mode (OpenVINO cannot convert the
+            scripted GRU-Net).
         patch_size: (height, width) of the windows it will be called on (the batch size may vary).
         threads: CPU threads OpenVINO may use (0: its default).
         cache_dir: where converted models are kept (None: :func:`default_cache_dir`); an unwritable one only
@@ -83,11 +84,13 @@ def network_for_runtime(network: torch.nn.Module, runtime: str, patch_size: Sequ
     """``network`` itself (``"torch"``) or its OpenVINO conversion (``"openvino"``).
 
     Raises:
-        ValueError: an unknown runtime.
+        ValueError: an unknown runtime, or ``"openvino"`` for a TorchScript network.
         ImportError: ``"openvino"`` without OpenVINO installed.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     if runtime == "torch":
         return network
+    if isinstance(network, torch.jit.ScriptModule):
+        raise ValueError("the openvino runtime converts eager networks; run a TorchScript model with runtime 'torch'")
     return OpenVINONetwork(network, patch_size, torch.get_num_threads())
