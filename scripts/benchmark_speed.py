@@ -1,7 +1,7 @@
 """Speed of the nucleus pipeline per execution option, against MONAI's BasicUNet measured in the same run.
 
     python scripts/benchmark_speed.py                                   # the 4 sample crops, every option
-    python scripts/benchmark_speed.py --dataset_dir ../shared/data/monuseg/train --images 2 --threads 2
+    python scripts/benchmark_speed.py --dataset_dir <MoNuSeg>/train --images 2 --threads 2  # a folder with images/ and masks/
 
 Each option runs in a fresh process (so that its peak RSS is its own) on the same images, with the machine's
 thread count stated: end-to-end megapixels per second (read -> tiles -> network -> instances -> files, the

@@ -117,7 +117,6 @@ class NucleusSegmenter:
             raise ValueError(f"runtime {runtime!r} runs on the CPU, got device {self.device}")
         self.network = network.to(self.device).eval()
         self.runtime, self.patch_size = runtime, patch_size
-        self.checkpoint = checkpoint
         if checkpoint is not None:
             self._load_state(load_state_dict(checkpoint), checkpoint)
         runner = network_for_runtime(self.network, runtime, patch_size)
