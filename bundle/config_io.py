@@ -5,14 +5,29 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
 from monai.bundle import ConfigParser
 
-__all__ = ["BUNDLE_ROOT", "config_path", "load_config"]
+from bundle.errors import InputError
+
+__all__ = ["BUNDLE_ROOT", "MODEL_VARIANTS", "config_path", "variant_overlays", "load_config"]
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 PathLike = Union[str, os.PathLike]
+# model variant -> the config overlays that select it (network size and weight file), merged after the base configs
+MODEL_VARIANTS = {"full": (), "compact": ("compact",)}
+
+
+def variant_overlays(variant: str) -> List[str]:
+    """Config names that select a model variant (``"full"``: the shipped network, ``"compact"``: the CPU-sized one).
+
+    Raises:
+        InputError: an unknown variant (the message lists the known ones).
+    """
+    if variant not in MODEL_VARIANTS:
+        raise InputError(f"unknown model variant {variant!r}; known: {', '.join(MODEL_VARIANTS)}")
+    return list(MODEL_VARIANTS[variant])
 
 
 def config_path(name: str, bundle_root: Optional[PathLike] = None) -> Path:
@@ -25,6 +40,7 @@ def load_config(
     names: Union[str, Sequence[str]],
     bundle_root: Optional[PathLike] = None,
     overrides: Optional[Mapping[str, Any]] = None,
+    variant: str = "full",
 ) -> ConfigParser:
     """A :class:`ConfigParser` holding the merged configs (later files over earlier), with ``bundle_root`` set.
 
@@ -33,11 +49,12 @@ def load_config(
         bundle_root: the bundle folder (this package's parent by default); put on ``sys.path`` so that the
             configs' ``bundle.*`` targets import.
         overrides: ``{id: value}`` applied after loading (``"network_def#features": 8``).
+        variant: model variant (:data:`MODEL_VARIANTS`); its overlays are merged after ``names``.
     """
     root = Path(bundle_root or BUNDLE_ROOT).resolve()
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    files = [names] if isinstance(names, str) else list(names)
+    files = ([names] if isinstance(names, str) else list(names)) + variant_overlays(variant)
     paths = [str(p if Path(p).is_file() else config_path(p, root)) for p in files]
     parser = ConfigParser()
     parser.read_config(paths)

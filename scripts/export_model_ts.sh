@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Export models/model.ts (TorchScript with configs/metadata.json and configs/inference.json embedded) from the
-# trained checkpoint models/model.pt with MONAI's ckpt_export: the model the Deploy application loads.
+# Export a model variant's TorchScript file (configs/metadata.json and the variant's inference config embedded)
+# from its trained checkpoint with MONAI's ckpt_export: the model the Deploy application loads.
 #
-#   scripts/export_model_ts.sh [python]     # python: default .venv/bin/python (the bundle's environment)
+#   scripts/export_model_ts.sh [variant] [python]   # variant: full (models/model.pt -> models/model.ts, default)
+#                                                   #   or compact (models/model_compact.pt -> models/model_compact.ts)
+#                                                   # python: default .venv/bin/python (the bundle's environment)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${1:-.venv/bin/python}"
+VARIANT="${1:-full}"
+PY="${2:-.venv/bin/python}"
+case "$VARIANT" in
+    full) NAME=model; CONFIGS="configs/inference.json" ;;
+    compact) NAME=model_compact; CONFIGS="['configs/inference.json','configs/compact.json']" ;;
+    *) echo "error: unknown model variant '$VARIANT'; known: full, compact" >&2; exit 1 ;;
+esac
 HF_HUB_OFFLINE=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "$PY" -m monai.bundle ckpt_export network_def \
-    --filepath models/model.ts \
-    --ckpt_file models/model.pt \
+    --filepath "models/$NAME.ts" \
+    --ckpt_file "models/$NAME.pt" \
     --meta_file configs/metadata.json \
-    --config_file configs/inference.json \
+    --config_file "$CONFIGS" \
     --bundle_root .

@@ -30,7 +30,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("input", help="a slide or image, or a folder of them")
     parser.add_argument("-o", "--output_dir", default="outputs/wsi")
     parser.add_argument("--mpp", type=float, default=None, help="microns per pixel of level 0; overrides the file's value")
-    parser.add_argument("-m", "--model", default=None, help="checkpoint (default: models/model.pt)")
+    parser.add_argument("--variant", default="full", help="model variant: full (models/model.pt) or compact (models/model_compact.pt)")
+    parser.add_argument("-m", "--model", default=None, help="checkpoint (default: the variant's file in models/)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
     parser.add_argument("--tta", action="store_true", help="average the four flips of every tile (4x the time)")
     parser.add_argument("--no_progress", action="store_true")
@@ -43,7 +44,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         overrides["device"] = f"$torch.device('{args.device}')"
     try:
         mpp = check_mpp(args.mpp)
-        segmenter = load_config("inference", overrides=overrides).get_parsed_content("segmenter")
+        segmenter = load_config("inference", overrides=overrides, variant=args.variant).get_parsed_content("segmenter")
         report = segmenter.run(args.input, args.output_dir, mpp)
     except Exception as e:  # the config parser wraps errors in RuntimeError: report the user's problem inside
         found = find_input_error(e)

@@ -325,14 +325,16 @@ def test_runtimes(light_segmenter):
         network_for_runtime(torch.jit.script(net), "openvino", (128, 128))
 
 
-@pytest.mark.parametrize("batch", [1, 2])
-def test_openvino_runtime_gives_the_network_output(light_segmenter, batch):
-    pytest.importorskip("openvino")
-    from bundle.pipeline.runtimes import OpenVINONetwork
+@pytest.mark.parametrize("runtime, package, batch", [("OpenVINONetwork", "openvino", 1), ("OpenVINONetwork", "openvino", 2), ("ONNXRuntimeNetwork", "onnxruntime", 2)])
+def test_converted_runtime_gives_the_network_output(light_segmenter, tmp_path, runtime, package, batch):
+    pytest.importorskip(package)
+    from bundle.pipeline import runtimes
 
     net = light_segmenter.network.eval()
     x = torch.rand(batch, 3, 128, 128)
     with torch.no_grad():
         expected = net(x.contiguous())
-    actual = OpenVINONetwork(net, (128, 128), threads=2)(x)
+    converted = getattr(runtimes, runtime)(net, (128, 128), threads=2, cache_dir=tmp_path)
+    actual = converted(x)
     assert actual.shape == expected.shape and torch.allclose(torch.sigmoid(actual), torch.sigmoid(expected), atol=2e-3)
+    assert converted.source.parent == tmp_path and converted.source.is_file()  # cached for the next run

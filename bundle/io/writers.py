@@ -155,7 +155,7 @@ def write_mask_png(path: PathLike, nuclei: Sequence[Nucleus], width: int, height
     for tile, (ty, tx) in zip(_label_tiles(nuclei, width, height), _tile_origins(width, height)):
         h, w = min(LABEL_TILE, height - ty), min(LABEL_TILE, width - tx)
         mask[ty : ty + h, tx : tx + w] = np.where(tile[:h, :w] > 0, 255, 0)
-    Image.fromarray(mask).save(path)
+    Image.fromarray(mask).save(path, compress_level=1)
     return Path(path)
 
 
@@ -179,5 +179,5 @@ def write_overlay(path: PathLike, thumb: np.ndarray, down: float, tissue: np.nda
             rr, cc = np.clip([int(n.centroid[1] / down)], 0, labels.shape[0] - 1), np.clip([int(n.centroid[0] / down)], 0, labels.shape[1] - 1)
         labels[rr, cc] = k
     canvas[find_boundaries(labels, mode="inner")] = NUCLEUS_OUTLINE
-    Image.fromarray(canvas).save(path)
+    Image.fromarray(canvas).save(path, compress_level=1)
     return Path(path)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+import shapely
+from scipy.ndimage import find_objects
 from skimage.color import rgb2hed
-from skimage.measure import approximate_polygon, find_contours, regionprops
+from skimage.measure import find_contours
 
 __all__ = ["Nucleus", "measure_nuclei", "haematoxylin", "density_per_mm2"]
 
@@ -50,16 +52,44 @@ def haematoxylin(rgb: np.ndarray) -> np.ndarray:
     return rgb2hed(rgb)[..., 0].astype(np.float32)
 
 
-def _outline(mask: np.ndarray, tolerance: float) -> Optional[np.ndarray]:
-    """Longest contour (K, 2) as (row, col) of a bool mask, simplified; ``None`` when degenerate."""
+def _outline(mask: np.ndarray) -> Optional[np.ndarray]:
+    """Longest marching-squares contour (K, 2) as (row, col) of a bool mask, open ring; ``None`` when degenerate."""
     contours = find_contours(np.pad(mask, 1).astype(np.float32), 0.5)
     if not contours:
         return None
     contour = max(contours, key=len) - 1.0
-    contour = approximate_polygon(contour, tolerance)
-    if len(contour) < 4:  # closed ring of at least three distinct vertices
-        return None
-    return contour[:-1] if np.allclose(contour[0], contour[-1]) else contour
+    contour = contour[:-1] if np.allclose(contour[0], contour[-1]) else contour
+    return contour if len(contour) >= 3 else None
+
+
+def _label_moments(labels: np.ndarray, values: np.ndarray, count: int) -> Dict[str, np.ndarray]:
+    """Per-label pixel count, centroid, central second moments and mean of ``values``: arrays of ``count + 1``
+    (index = label), from one pass of ``np.bincount`` each."""
+    rows, cols = np.indices(labels.shape, dtype=np.float64)
+    flat = labels.ravel()
+
+    def total(weights: Optional[np.ndarray] = None) -> np.ndarray:
+        return np.bincount(flat, None if weights is None else weights.ravel(), minlength=count + 1)
+
+    area = total()
+    n = np.maximum(area, 1.0)
+    cy, cx = total(rows) / n, total(cols) / n
+    return {
+        "area": area,
+        "cy": cy,
+        "cx": cx,
+        "mu_rr": total(rows * rows) / n - cy * cy,
+        "mu_cc": total(cols * cols) / n - cx * cx,
+        "mu_rc": total(rows * cols) / n - cy * cx,
+        "mean": total(values.astype(np.float64)) / n,
+    }
+
+
+def _eccentricity(mu_rr: np.ndarray, mu_cc: np.ndarray, mu_rc: np.ndarray) -> np.ndarray:
+    """Eccentricity of the ellipse with the given central second moments (as skimage's regionprops)."""
+    half_trace, root = (mu_rr + mu_cc) / 2, np.sqrt(((mu_rr - mu_cc) / 2) ** 2 + mu_rc**2)
+    major, minor = half_trace + root, np.maximum(half_trace - root, 0.0)
+    return np.sqrt(1.0 - np.divide(minor, major, out=np.ones_like(major), where=major > 0))
 
 
 def measure_nuclei(
@@ -72,6 +102,11 @@ def measure_nuclei(
     tolerance: float = 0.5,
 ) -> List[Nucleus]:
     """Nuclei of an instance map, with outlines mapped to level-0 pixels.
+
+    Area, centroid, eccentricity and mean haematoxylin come from the pixels of each label (all labels at once);
+    the outline is the label's marching-squares contour, whose length is the perimeter and whose convex hull
+    gives the solidity (outline area over hull area); the polygon written out is that contour simplified
+    (Douglas-Peucker, shapely).
 
     Args:
         labels: int (H, W) instance map at model resolution, 0 background.
@@ -88,30 +123,49 @@ def measure_nuclei(
     """
     if labels.shape != rgb.shape[:2]:
         raise ValueError(f"labels {labels.shape} and rgb {rgb.shape} differ in size")
-    scale = model_mpp / level0_mpp  # level-0 pixels per model pixel
-    hema = haematoxylin(rgb)
-    nuclei: List[Nucleus] = []
-    for region in regionprops(labels.astype(np.int32), intensity_image=hema):
-        cy, cx = region.centroid
+    labels = np.asarray(labels, dtype=np.int64)
+    count = int(labels.max(initial=0))
+    if count == 0:
+        return []
+    moments = _label_moments(labels, haematoxylin(rgb), count)
+    ids, outlines = [], []
+    for index, box in enumerate(find_objects(labels), start=1):
+        if box is None:
+            continue
+        cy, cx = moments["cy"][index], moments["cx"][index]
         if keep is not None and not (keep[0] <= cy < keep[2] and keep[1] <= cx < keep[3]):
             continue
-        r0, c0, _, _ = region.bbox
-        outline = _outline(region.image, tolerance)
+        outline = _outline(labels[box] == index)
         if outline is None:
             continue
-        xy = np.stack([outline[:, 1] + c0 + 0.5, outline[:, 0] + r0 + 0.5], axis=1) * scale
-        xy += np.asarray(origin, dtype=np.float64)
-        area_um2 = float(region.area) * model_mpp**2
+        ids.append(index)
+        outlines.append(outline + (box[0].start, box[1].start))
+    if not ids:
+        return []
+    rings = np.array([shapely.Polygon(np.stack([o[:, 1] + 0.5, o[:, 0] + 0.5], axis=1)) for o in outlines], dtype=object)
+    perimeter = shapely.length(rings)
+    hull_area = shapely.area(shapely.convex_hull(rings))
+    solidity = np.divide(shapely.area(rings), hull_area, out=np.ones_like(hull_area), where=hull_area > 0)
+    simplified = shapely.simplify(rings, tolerance, preserve_topology=True)
+    index = np.asarray(ids)
+    eccentricity = _eccentricity(moments["mu_rr"][index], moments["mu_cc"][index], moments["mu_rc"][index])
+    scale = model_mpp / level0_mpp  # level-0 pixels per model pixel
+    nuclei: List[Nucleus] = []
+    for k, label in enumerate(ids):
+        xy = shapely.get_coordinates(shapely.get_exterior_ring(simplified[k]))[:-1]
+        if len(xy) < 3:  # simplified away: keep the full contour
+            xy = shapely.get_coordinates(shapely.get_exterior_ring(rings[k]))[:-1]
+        area_um2 = float(moments["area"][label]) * model_mpp**2
         nuclei.append(
             Nucleus(
-                polygon=xy.astype(np.float32),
-                centroid=(origin[0] + (cx + 0.5) * scale, origin[1] + (cy + 0.5) * scale),
+                polygon=(xy * scale + np.asarray(origin, dtype=np.float64)).astype(np.float32),
+                centroid=(origin[0] + (moments["cx"][label] + 0.5) * scale, origin[1] + (moments["cy"][label] + 0.5) * scale),
                 area_um2=area_um2,
                 area_px=area_um2 / level0_mpp**2,
-                perimeter_um=float(region.perimeter) * model_mpp,
-                eccentricity=float(region.eccentricity),
-                solidity=float(region.solidity),
-                mean_haematoxylin=float(region.intensity_mean),
+                perimeter_um=float(perimeter[k]) * model_mpp,
+                eccentricity=float(eccentricity[k]),
+                solidity=float(min(solidity[k], 1.0)),
+                mean_haematoxylin=float(moments["mean"][label]),
             )
         )
     return nuclei

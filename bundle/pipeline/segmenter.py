@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bundle.allocator import keep_freed_memory
 from bundle.errors import InputError
 from bundle.io.slides import check_mpp, open_source, tissue_mask
 from bundle.io.writers import OVERLAY_SIDE, write_csv, write_geojson, write_instances, write_mask_png, write_overlay
@@ -82,8 +83,8 @@ class NucleusSegmenter:
         amp: run the network under bfloat16 autocast (see :class:`TilePredictor`).
         channels_last: run the network in the channels-last memory format.
         stain_normalizer: applied to every tile before the network (see :class:`TilePredictor`); None: none.
-        runtime: ``"torch"``, or ``"openvino"`` (the network converted by OpenVINO, CPU only; see
-            :mod:`bundle.pipeline.runtimes`).
+        runtime: ``"torch"``, ``"torch_compile"``, or ``"openvino"`` / ``"onnxruntime"`` (the network converted,
+            CPU only); see :mod:`bundle.pipeline.runtimes`.
         progress: show a progress bar over tiles.
 
     Raises:
@@ -112,8 +113,9 @@ class NucleusSegmenter:
     ):
         if tile_size <= 0 or margin < 0 or model_mpp <= 0:
             raise ValueError(f"tile_size and model_mpp must be positive and margin non-negative, got {tile_size}, {model_mpp}, {margin}")
+        keep_freed_memory()  # large tiles reuse freed memory instead of page-faulting (bundle.allocator)
         self.device = torch.device(device)
-        if runtime != "torch" and self.device.type != "cpu":
+        if runtime in ("openvino", "onnxruntime") and self.device.type != "cpu":
             raise ValueError(f"runtime {runtime!r} runs on the CPU, got device {self.device}")
         self.network = network.to(self.device).eval()
         self.runtime, self.patch_size = runtime, patch_size

@@ -53,14 +53,17 @@ class _NucleusTask(InferTask):
 
     Args:
         path: bundle directory (``configs/inference.json``, ``models/model.pt``).
-        conf: server ``--conf`` options (unused; kept for the MONAI Label task signature).
+        conf: server ``--conf`` options: ``variant`` (``full``, default, or ``compact``: the model variant of
+            :data:`bundle.config_io.MODEL_VARIANTS`, with its weight file in ``models/``).
         description: task description shown in ``/info/``.
     """
 
     def __init__(self, path: str, conf: Dict[str, str], description: str) -> None:
         self.bundle_path = path
-        self.model_path = os.path.join(path, "models", "model.pt")
-        metadata = load_config("inference", bundle_root=path).get("_meta_", {})
+        self.variant = conf.get("variant", "full")
+        config = load_config("inference", bundle_root=path, variant=self.variant)
+        self.model_path = os.path.abspath(config.get_parsed_content("checkpoint"))
+        metadata = config.get("_meta_", {})
         super().__init__(
             type=InferType.SEGMENTATION,
             labels={LABEL: 1},
@@ -83,7 +86,8 @@ class _NucleusTask(InferTask):
         Call with the task's lock held."""
         mtime = os.stat(self.model_path).st_mtime
         if self._segmenter is None:
-            config = load_config("inference", bundle_root=self.bundle_path, overrides={"progress": False, "checkpoint": self.model_path})
+            overrides = {"progress": False, "checkpoint": self.model_path}
+            config = load_config("inference", bundle_root=self.bundle_path, overrides=overrides, variant=self.variant)
             self._segmenter = config.get_parsed_content("segmenter")
         elif mtime != self._loaded_mtime:
             self._segmenter.load_weights(self.model_path)

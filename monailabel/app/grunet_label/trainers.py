@@ -10,6 +10,8 @@ from monai.bundle import ConfigParser
 
 from monailabel.tasks.train.bundle import BundleTrainTask
 
+from bundle.config_io import config_path, variant_overlays
+
 __all__ = ["OVERLAY", "OverlayBundleTrainTask"]
 
 OVERLAY = os.path.join(os.path.dirname(__file__), "train_overlay.json")
@@ -27,13 +29,15 @@ class OverlayBundleTrainTask(BundleTrainTask):
 
     Args:
         path: bundle directory.
-        conf: server ``--conf`` options.
-        overlays: config files applied over the bundle's train config.
+        conf: server ``--conf`` options; ``variant`` (``full`` or ``compact``) adds the variant's overlay first, so
+            that training writes the variant's weight file (``models/model_compact.pt``).
+        overlays: config files applied over the bundle's train config (and the variant's).
         kwargs: passed to :class:`BundleTrainTask`.
     """
 
     def __init__(self, path: str, conf: Dict[str, str], overlays: Sequence[str] = (OVERLAY,), **kwargs: Any) -> None:
-        self.overlays = [os.path.abspath(o) for o in overlays]
+        variant = [str(config_path(name, path)) for name in variant_overlays(conf.get("variant", "full"))]
+        self.overlays = [os.path.abspath(o) for o in (*variant, *overlays)]
         for overlay in self.overlays:
             if not os.path.isfile(overlay):
                 raise FileNotFoundError(f"train overlay config not found: {overlay}")
