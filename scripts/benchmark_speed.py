@@ -8,9 +8,10 @@ thread count stated: end-to-end megapixels per second (read -> tiles -> network 
 bundle's ``NucleusSegmenter.segment``) and network-only megapixels per second (the predictor on the decoded image:
 sliding window and network); the ratio of each to BasicUNet (features 32..256, fp32, eager, through the same
 pipeline); achieved GFLOP/s of the network (FlopCounterMode FLOPs of the windows run, over the network time)
-against the CPU's peak (cores x clock x FP32 FLOPs per cycle per core, stated); and the agreement of each GRU-Net
-option with GRU-Net fp32 eager (Dice between the two masks) and its AJI against the truth when the images have
-masks. Prints one Markdown table; ``--output`` writes the figures as JSON.
+against the CPU's peak (cores x clock x FP32 FLOPs per cycle per core, stated); the agreement of each option with
+fp32 eager of the same network (shipped ``grunet`` or ``compact`` GRU-Net: Dice between the two masks, AJI
+difference); and, when the images have masks, each option's Dice and AJI against the truth. The compact rows need
+``models/model_compact.pt``. Prints one Markdown table; ``--output`` writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -32,20 +33,29 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# option: (network, overrides of configs/inference.json)
+# option: overrides of configs/inference.json; "variant" picks the model variant (bundle.config_io.MODEL_VARIANTS)
 TORCH = {"runtime": "torch"}
 OPTIONS: Dict[str, Dict[str, Any]] = {
     "grunet_fp32": {**TORCH, "channels_last": False},
     "grunet_channels_last": {**TORCH, "channels_last": True},
-    "grunet_bf16": {**TORCH, "bf16": True, "channels_last": False},
     "grunet_bf16_channels_last": {**TORCH, "bf16": True, "channels_last": True},
-    "grunet_openvino": {"runtime": "openvino"},  # the default on CPU
+    "grunet_openvino": {"runtime": "openvino"},
+    "grunet_onnxruntime": {"runtime": "onnxruntime"},
     "grunet_512_windows": {**TORCH, "channels_last": True, "patch_size": [512, 512], "sw_overlap": 0.125},
-    "grunet_light": {"runtime": "openvino", "network_def#features": 16, "network_def#cdrb_units": 2, "checkpoint": None},
+    "compact_fp32": {"variant": "compact", **TORCH, "channels_last": False},
+    "compact_channels_last": {"variant": "compact", **TORCH, "channels_last": True},
+    "compact_torch_compile": {"variant": "compact", "runtime": "torch_compile", "channels_last": True},
+    "compact_openvino": {"variant": "compact", "runtime": "openvino"},
+    "compact_onnxruntime": {"variant": "compact", "runtime": "onnxruntime"},
     "basicunet_fp32": {**TORCH, "channels_last": False, "network_def": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
                                        "features": [32, 32, 64, 128, 256, 32]}, "checkpoint": None},
 }
-BASELINE, REFERENCE = "basicunet_fp32", "grunet_fp32"
+BASELINE = "basicunet_fp32"
+
+
+def reference_of(option: str) -> str:
+    """The fp32 eager option of the same network (``compact_openvino`` -> ``compact_fp32``): masks are compared to it."""
+    return option.split("_")[0] + "_fp32"
 
 
 def list_images(dataset_dir: Path, count: int) -> List[Dict[str, Optional[str]]]:
@@ -78,14 +88,15 @@ def worker(option: str, images: List[Dict[str, Optional[str]]], out_dir: Path, t
     torch.set_num_threads(threads)
     torch.manual_seed(0)  # the same untrained weights in every run (light GRU-Net, BasicUNet)
     overrides = {"progress": False, "device": "$torch.device('cpu')", **OPTIONS[option]}
-    config = load_config("inference", overrides=overrides)
+    variant = overrides.pop("variant", "full")
+    config = load_config("inference", overrides=overrides, variant=variant)
     segmenter = config.get_parsed_content("segmenter")
     predictor = segmenter.predictor
     roi, overlap = predictor.patch_size[0], float(config.get_parsed_content("sw_overlap"))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         segmenter.network(torch.zeros(1, 3, roi, roi))
     flops_per_window = counter.get_total_flops()
-    predictor(np.zeros((roi, roi, 3), np.uint8))  # warm-up
+    predictor(np.zeros((2 * roi, 2 * roi, 3), np.uint8))  # warm-up: every window batch size (and compilation)
     end_to_end = network = mpx = flops = 0.0
     for item in images:
         rgb = read_rgb(item["image"])
@@ -134,18 +145,19 @@ def agreement(option_dir: Path, reference_dir: Path, images: List[Dict[str, Opti
     from bundle.evaluation.metrics import aggregated_jaccard_index
     from bundle.io.images import read_mask
 
-    dice, aji, aji_ref = [], [], []
+    dice, dice_truth, aji, aji_ref = [], [], [], []
     for item in images:
         name = Path(item["image"]).stem
         a, b = np.load(option_dir / f"{name}.npy"), np.load(reference_dir / f"{name}.npy")
         dice.append(2.0 * ((a > 0) & (b > 0)).sum() / max(1, (a > 0).sum() + (b > 0).sum()))
         if item["label"]:
             truth = instance_labels(read_mask(item["label"]))
+            dice_truth.append(2.0 * ((a > 0) & (truth > 0)).sum() / max(1, (a > 0).sum() + (truth > 0).sum()))
             aji.append(aggregated_jaccard_index(truth, a))
             aji_ref.append(aggregated_jaccard_index(truth, b))
     out = {"dice_vs_fp32": float(np.mean(dice))}
     if aji:
-        out.update(aji=float(np.mean(aji)), aji_minus_fp32=float(np.mean(aji) - np.mean(aji_ref)))
+        out.update(dice=float(np.mean(dice_truth)), aji=float(np.mean(aji)), aji_minus_fp32=float(np.mean(aji) - np.mean(aji_ref)))
     return out
 
 
@@ -172,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:
         print(f"error: unknown options {sorted(unknown)}; choose from {', '.join(OPTIONS)}", file=sys.stderr)
         return 1
-    options = [o for o in OPTIONS if o in set(options) | {BASELINE, REFERENCE}]  # baseline and reference always run
+    options = [o for o in OPTIONS if o in set(options) | {BASELINE} | {reference_of(o) for o in options}]  # with their yardsticks
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
     results: Dict[str, Dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="benchmark_speed_") as tmp:
@@ -187,24 +199,26 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"{option}: failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})", file=sys.stderr)
                 continue
             results[option] = json.loads(line[len("RESULT "):])
-            if "checkpoint" not in OPTIONS[option] and REFERENCE in results:  # the shipped weights: masks comparable
-                results[option].update(agreement(work, Path(tmp) / REFERENCE, images))
+            reference = reference_of(option)
+            if "checkpoint" not in OPTIONS[option] and reference in results:  # trained weights: masks comparable
+                results[option].update(agreement(work, Path(tmp) / reference, images))
             print(f"{option}: {results[option]['end_to_end_mpx_s']:.4f} Mpx/s end to end", file=sys.stderr, flush=True)
     peak = cpu_peak_gflops(args.threads)
     base = results.get(BASELINE)
-    print(f"{len(images)} images, {results[REFERENCE]['megapixels']:.2f} Mpx, {peak['threads']} threads on {peak['cpu']} "
+    print(f"{len(images)} images, {results[BASELINE]['megapixels']:.2f} Mpx, {peak['threads']} threads on {peak['cpu']} "
           f"({peak['clock_ghz']:.2f} GHz; peak {peak['peak_gflop_s']:.0f} GFLOP/s = {peak['threads']} cores x "
           f"{peak['clock_ghz']:.2f} GHz x {peak['fp32_flops_per_cycle']} FP32 FLOPs/cycle; bf16 in hardware: {peak['bf16_hardware']})")
-    print("| option | end-to-end Mpx/s | x BasicUNet | network Mpx/s | x BasicUNet | GFLOP/s | % of peak | peak RSS MB | Dice vs fp32 | AJI | AJI - fp32 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| option | end-to-end Mpx/s | x BasicUNet | network Mpx/s | x BasicUNet | GFLOP/s | % of peak | peak RSS MB | Dice vs fp32 | AJI - fp32 | Dice | AJI |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for option, r in results.items():
         e2e = f"{r['end_to_end_mpx_s'] / base['end_to_end_mpx_s']:.2f}" if base else "-"
         net = f"{r['network_mpx_s'] / base['network_mpx_s']:.2f}" if base else "-"
         dice = f"{r['dice_vs_fp32']:.4f}" if "dice_vs_fp32" in r else "-"
         aji = f"{r['aji']:.4f}" if "aji" in r else "-"
+        truth = f"{r['dice']:.4f}" if "dice" in r else "-"
         daji = f"{r['aji_minus_fp32']:+.4f}" if "aji_minus_fp32" in r else "-"
         print(f"| {option} | {r['end_to_end_mpx_s']:.4f} | {e2e} | {r['network_mpx_s']:.4f} | {net} | {r['gflop_s']:.1f} "
-              f"| {100 * r['gflop_s'] / peak['peak_gflop_s']:.1f} | {r['peak_rss_mb']:.0f} | {dice} | {aji} | {daji} |")
+              f"| {100 * r['gflop_s'] / peak['peak_gflop_s']:.1f} | {r['peak_rss_mb']:.0f} | {dice} | {daji} | {truth} | {aji} |")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps({"cpu": peak, "images": images, "results": results}, indent=2))

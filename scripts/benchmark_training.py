@@ -1,10 +1,13 @@
 """Training throughput (patches/s) of GRU-Net and its ablations, against MONAI's BasicUNet measured in the same run.
 
     python scripts/benchmark_training.py                      # CPU, small batch
+    python scripts/benchmark_training.py --variants full,compact,basicunet --options fp32,channels_last,bf16_channels_last --batch 8
     python scripts/benchmark_training.py --device cuda --batch 32 --iters 20
 
-The variants are the full model (``configs/train.json``'s ``network_def``) and one per overlay file in
-``configs/ablations/`` (named after the file: the networks the ablation study trains). A step is what training
+The variants are the full model (``configs/train.json``'s ``network_def``), the compact one (``configs/compact.json``)
+and one per overlay file in ``configs/ablations/`` (named after the file: the networks the ablation study trains);
+each runs under every execution option asked (fp32 eager, ``channels_last``, bf16 autocast with ``channels_last``),
+against BasicUNet in fp32, always measured. A step is what training
 does: forward, the config's ``loss`` (:class:`bundle.training.losses.NucleusLoss`: Dice + cross-entropy on the
 mask, plus the distance terms for a network with a distance head) against the two-channel targets of
 :class:`bundle.data.targets.NucleusTargetsd` (mask and normalised distance of synthetic nuclei), backward and an
@@ -25,20 +28,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bundle.allocator import keep_freed_memory  # noqa: E402
 from bundle.config_io import BUNDLE_ROOT, load_config  # noqa: E402
 from bundle.data.targets import NucleusTargetsd  # noqa: E402
 from bundle.networks import count_parameters  # noqa: E402
 
 ABLATIONS_DIR = "configs/ablations"
 FULL = "full"
+COMPACT = "compact"
 BASELINE = "basicunet"
+# execution option: (channels_last, bf16 autocast)
+OPTIONS = {"fp32": (False, False), "channels_last": (True, False), "bf16_channels_last": (True, True)}
 
 
 def ablation_variants(root: Path = BUNDLE_ROOT) -> Dict[str, List[str]]:
-    """``{"full": [], <overlay stem>: ["configs/ablations/<stem>.json"], ...}``: the full model, then one variant
-    per overlay file in ``configs/ablations`` (sorted by name); paths relative to the bundle root."""
+    """``{"full": [], "compact": ["configs/compact.json"], <overlay stem>: ["configs/ablations/<stem>.json"], ...}``:
+    the full model, the compact one, then one variant per overlay file in ``configs/ablations`` (sorted by name);
+    paths relative to the bundle root."""
     overlays = sorted((Path(root) / ABLATIONS_DIR).glob("*.json"))
-    return {FULL: [], **{p.stem: [f"{ABLATIONS_DIR}/{p.name}"] for p in overlays}}
+    return {FULL: [], COMPACT: [f"configs/{COMPACT}.json"], **{p.stem: [f"{ABLATIONS_DIR}/{p.name}"] for p in overlays}}
 
 
 VARIANTS = ablation_variants()
@@ -112,11 +120,17 @@ def measure(
     iters: int,
     amp: bool,
     amp_dtype: Optional[torch.dtype] = None,
+    channels_last: bool = False,
 ) -> float:
-    """Training patches per second of ``net`` with ``loss_fn`` (median of ``iters`` timed steps after ``warmup``)."""
+    """Training patches per second of ``net`` with ``loss_fn`` (median of ``iters`` timed steps after ``warmup``),
+    under autocast to ``amp_dtype`` when ``amp``, in ``channels_last`` memory format when asked."""
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     x, y = (t.to(device) for t in synthetic_batch(batch, size))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     net.train()
     times: List[float] = []
     for i in range(warmup + iters):
@@ -143,37 +157,40 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    parser.add_argument("--options", default="fp32", help=f"comma list of execution options {list(OPTIONS)}; on CUDA fp32 means the config's amp")
     parser.add_argument("--width", type=int, default=None, help="scale every network to this first-level width")
     args = parser.parse_args(argv)
+    keep_freed_memory()
     device = torch.device(args.device)
-    amp = device.type == "cuda" and not args.no_amp
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
+    options = [o.strip() for o in args.options.split(",") if o.strip()]
+    unknown = [n for n in names if n not in VARIANTS] + [o for o in options if o not in OPTIONS]
     if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    baseline = BASELINE if BASELINE in VARIANTS else FULL  # the ratios' base, always measured
-    if baseline not in names:
-        names.append(baseline)
+        parser.error(f"unknown variants or options {unknown}; choose from {list(VARIANTS)} and {list(OPTIONS)}")
+    baseline = BASELINE if BASELINE in VARIANTS else FULL  # the ratios' base (fp32), always measured
+    runs = [(baseline, "fp32")] + [(v, o) for v in names for o in options if (v, o) != (baseline, "fp32")]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {name}, batch {args.batch} x {args.size}x{args.size}, amp {amp}, width {args.width or 'config'}")
-    results: Dict[str, Dict[str, float]] = {}
-    for variant in names:
+    print(f"torch {torch.__version__}, {name}, batch {args.batch} x {args.size}x{args.size}, width {args.width or 'config'}")
+    results: Dict[Tuple[str, str], Dict[str, float]] = {}
+    for variant, option in runs:
         torch.manual_seed(0)
         config = variant_config(variant, args.width)
         net = config.get_parsed_content("network_def").to(device)
         loss_fn = config.get_parsed_content("loss")
-        amp_dtype = config.get_parsed_content("amp_kwargs").get("dtype") if amp else None
-        pps = measure(net, loss_fn, device, args.batch, args.size, args.warmup, args.iters, amp, amp_dtype)
-        results[variant] = {"params": count_parameters(net), "pps": pps}
+        channels_last, bf16 = OPTIONS[option]
+        amp = bf16 or (device.type == "cuda" and bool(config.get_parsed_content("amp")))
+        amp_dtype = torch.bfloat16 if bf16 else (config.get_parsed_content("amp_kwargs").get("dtype") if amp else None)
+        pps = measure(net, loss_fn, device, args.batch, args.size, args.warmup, args.iters, amp, amp_dtype, channels_last)
+        results[(variant, option)] = {"params": count_parameters(net), "pps": pps}
+        print(f"{variant} {option}: {pps:.2f} patches/s", file=sys.stderr, flush=True)
         del net
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    base = results[baseline]["pps"]
-    print(f"| variant | parameters | training patches/s | vs {baseline} |")
-    print("|---|---:|---:|---:|")
-    for variant, r in results.items():
-        print(f"| {variant} | {r['params'] / 1e6:.2f} M | {r['pps']:.1f} | {r['pps'] / base:.2f}x |")
+    base = results[(baseline, "fp32")]["pps"]
+    print(f"| variant | option | parameters | training patches/s | vs {baseline} fp32 |")
+    print("|---|---|---:|---:|---:|")
+    for (variant, option), r in results.items():
+        print(f"| {variant} | {option} | {r['params'] / 1e6:.2f} M | {r['pps']:.2f} | {r['pps'] / base:.2f}x |")
     return 0
 
 

@@ -258,29 +258,29 @@ def test_bad_checkpoint_is_one_line_at_the_command_line(tmp_path):
 # -- the training benchmark ---------------------------------------------------------------------------------------
 def test_benchmark_variants_are_the_ablation_overlays():
     overlays = sorted(p.stem for p in (ROOT / "configs" / "ablations").glob("*.json"))
-    assert overlays and list(benchmark_training.VARIANTS) == ["full", *overlays]
-    assert benchmark_training.VARIANTS["full"] == []
+    assert overlays and list(benchmark_training.VARIANTS) == ["full", "compact", *overlays]
+    assert benchmark_training.VARIANTS["full"] == [] and benchmark_training.VARIANTS["compact"] == ["configs/compact.json"]
     for name in overlays:
         assert benchmark_training.VARIANTS[name] == [f"configs/ablations/{name}.json"]
     assert benchmark_training.width_overrides("basicunet", 4) == {"network_def#features": [4, 8, 16, 32, 64, 4]}
     assert benchmark_training.width_overrides("no_gdam", 4) == {"network_def#features": 4, "network_def#cdrb_units": 2}
 
 
-@parameterized.expand([(v,) for v in benchmark_training.VARIANTS])
-def test_benchmark_runs_each_variant(variant):
+@parameterized.expand([(v, "fp32") for v in benchmark_training.VARIANTS] + [("compact", o) for o in benchmark_training.OPTIONS])
+def test_benchmark_runs_each_variant(variant, option):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        out = subprocess_free_benchmark(variant)
+        out = subprocess_free_benchmark(variant, option)
     finally:
         torch.set_num_threads(before)
-    row = [line for line in out.splitlines() if line.startswith(f"| {variant} |")]
+    row = [line for line in out.splitlines() if line.startswith(f"| {variant} | {option} |")]
     assert len(row) == 1, out
-    patches_per_s = float(row[0].split("|")[3])
+    patches_per_s = float(row[0].split("|")[4])
     assert patches_per_s > 0
 
 
-def subprocess_free_benchmark(variant: str) -> str:
+def subprocess_free_benchmark(variant: str, option: str = "fp32") -> str:
     """``scripts/benchmark_training.py`` in this process (width 4, 2 patches of 32x32, one timed step); stdout."""
     import contextlib
     import io
@@ -288,7 +288,7 @@ def subprocess_free_benchmark(variant: str) -> str:
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         rc = benchmark_training.main(
-            ["--variants", variant, "--device", "cpu", "--width", "4", "--size", "32", "--batch", "2", "--warmup", "0", "--iters", "1"]
+            ["--variants", variant, "--options", option, "--device", "cpu", "--width", "4", "--size", "32", "--batch", "2", "--warmup", "0", "--iters", "1"]
         )
     assert rc == 0
     out = buffer.getvalue()

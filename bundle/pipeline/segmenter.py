@@ -26,7 +26,11 @@ import os
 import resource
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -63,6 +67,18 @@ class RegionResult:
         self.tiles = self.processed = self.skipped = self.processed_px = 0
 
 
+@dataclass(frozen=True)
+class TileWindow:
+    """One tile to segment: its core (model pixels of the region), the level-0 window read around it
+    (x0, y0, x1, y1), the size that window is read at (model pixels, (h, w)), and the core in the read tile's
+    pixels (row0, col0, row1, col1) that decides which nuclei the tile keeps."""
+
+    core: Box
+    level0: Tuple[int, int, int, int]
+    out_shape: Tuple[int, int]
+    keep: Tuple[float, float, float, float]
+
+
 class NucleusSegmenter:
     """Segments nuclei in images and slides and writes the instance TIFF, mask, GeoJSON, CSV, overlay and summary.
 
@@ -85,6 +101,8 @@ class NucleusSegmenter:
         stain_normalizer: applied to every tile before the network (see :class:`TilePredictor`); None: none.
         runtime: ``"torch"``, ``"torch_compile"``, or ``"openvino"`` / ``"onnxruntime"`` (the network converted,
             CPU only); see :mod:`bundle.pipeline.runtimes`.
+        tile_workers: threads that read the next tiles and split and measure the previous ones while the network
+            runs (0: one tile after the other; the nuclei are the same either way).
         progress: show a progress bar over tiles.
 
     Raises:
@@ -109,6 +127,7 @@ class NucleusSegmenter:
         channels_last: bool = False,
         stain_normalizer: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         runtime: str = "torch",
+        tile_workers: int = 2,
         progress: bool = True,
     ):
         if tile_size <= 0 or margin < 0 or model_mpp <= 0:
@@ -128,6 +147,9 @@ class NucleusSegmenter:
         self.tile_size, self.margin = int(tile_size), int(margin)
         self.max_image_pixels = int(max_image_megapixels * 1e6)
         self.max_mask_pixels = int(max_mask_megapixels * 1e6)
+        if tile_workers < 0:
+            raise ValueError(f"tile_workers must be >= 0, got {tile_workers}")
+        self.tile_workers = int(tile_workers)
         self.progress = progress
 
     def load_weights(self, checkpoint: Union[str, os.PathLike]) -> None:
@@ -149,10 +171,6 @@ class NucleusSegmenter:
             raise InputError(f"{checkpoint}: not a checkpoint of this network ({first})") from e
 
     # -- predict, split, measure a region -------------------------------------------------------------------------
-    def split_tile(self, rgb: np.ndarray) -> np.ndarray:
-        """Instance labels (h, w) int32 of an RGB uint8 tile (h, w, 3) at model resolution."""
-        return self.splitter(*self.predictor(rgb))
-
     def segment_region(
         self, source: Any, box: Optional[Box] = None, tissue: Optional[np.ndarray] = None, tissue_down: float = 1.0
     ) -> RegionResult:
@@ -178,23 +196,66 @@ class NucleusSegmenter:
         grid = TileGrid(mw, mh, self.tile_size, self.margin)
         result = RegionResult()
         result.tiles = len(grid)
-        for core, read in tqdm(grid, total=len(grid), desc=source.path.name, unit="tile", disable=not self.progress, leave=False):
+        windows: List[TileWindow] = []
+        for core, read in grid:
             if tissue is not None and not self._has_tissue(tissue, core, (x0, y0), scale, tissue_down):
                 result.skipped += 1
                 continue
             lx0, ly0 = x0 + int(math.floor(read[0] / scale)), y0 + int(math.floor(read[1] / scale))
             lx1, ly1 = min(x1, x0 + int(math.ceil(read[2] / scale))), min(y1, y0 + int(math.ceil(read[3] / scale)))
             out_shape = (max(1, round((ly1 - ly0) * scale)), max(1, round((lx1 - lx0) * scale)))
-            rgb = source.read_region(lx0, ly0, lx1 - lx0, ly1 - ly0, out_shape)
-            labels = self.split_tile(rgb)
             ox, oy = (lx0 - x0) * scale, (ly0 - y0) * scale  # model-pixel position of the read window in the region
             keep = (core[1] - oy, core[0] - ox, core[3] - oy, core[2] - ox)
-            result.nuclei += measure_nuclei(labels, rgb, self.model_mpp, source.mpp, origin=(lx0, ly0), keep=keep)
+            windows.append(TileWindow(core, (lx0, ly0, lx1, ly1), out_shape, keep))
+        progress = tqdm(total=len(windows), desc=source.path.name, unit="tile", disable=not self.progress, leave=False)
+        for window, nuclei in self._run_tiles(source, windows):
+            result.nuclei += nuclei
             result.processed += 1
-            result.processed_px += (core[2] - core[0]) * (core[3] - core[1])
+            result.processed_px += (window.core[2] - window.core[0]) * (window.core[3] - window.core[1])
+            progress.update()
+        progress.close()
         for i, n in enumerate(result.nuclei, start=1):
             n.id = i
         return result
+
+    def _read_tile(self, source: Any, window: "TileWindow") -> np.ndarray:
+        lx0, ly0, lx1, ly1 = window.level0
+        return source.read_region(lx0, ly0, lx1 - lx0, ly1 - ly0, window.out_shape)
+
+    def _finish_tile(self, source: Any, window: "TileWindow", rgb: np.ndarray, maps: Tuple[Any, Any]) -> List[Nucleus]:
+        """Split and measure one predicted tile: the nuclei whose centroid lies in its core."""
+        labels = self.splitter(*maps)
+        return measure_nuclei(labels, rgb, self.model_mpp, source.mpp, origin=window.level0[:2], keep=window.keep)
+
+    def _run_tiles(self, source: Any, windows: List["TileWindow"]) -> Iterator[Tuple["TileWindow", List[Nucleus]]]:
+        """Read -> predict -> split and measure each tile, in order. With ``tile_workers`` > 0, worker threads read
+        the next tiles and split the previous ones while the network runs on the current one (at most
+        ``tile_workers`` tiles ahead and behind, so memory stays bounded); with 0, one tile after the other."""
+        if self.tile_workers == 0:
+            for window in windows:
+                rgb = self._read_tile(source, window)
+                yield window, self._finish_tile(source, window, rgb, self.predictor(rgb))
+            return
+        ahead = self.tile_workers
+        with ThreadPoolExecutor(max_workers=self.tile_workers, thread_name_prefix="tile") as pool:
+            reading: Deque[Tuple[TileWindow, Future]] = deque()
+            finishing: Deque[Tuple[TileWindow, Future]] = deque()
+            pending = iter(windows)
+            for window in islice(pending, ahead):
+                reading.append((window, pool.submit(self._read_tile, source, window)))
+            while reading:
+                window, read = reading.popleft()
+                rgb = read.result()
+                for nxt in islice(pending, 1):
+                    reading.append((nxt, pool.submit(self._read_tile, source, nxt)))
+                maps = self.predictor(rgb)
+                finishing.append((window, pool.submit(self._finish_tile, source, window, rgb, maps)))
+                while len(finishing) > ahead:
+                    done, future = finishing.popleft()
+                    yield done, future.result()
+            while finishing:
+                done, future = finishing.popleft()
+                yield done, future.result()
 
     @staticmethod
     def _has_tissue(tissue: np.ndarray, core: Box, origin: Tuple[int, int], scale: float, down: float) -> bool:
