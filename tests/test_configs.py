@@ -118,3 +118,31 @@ def test_ablation_overlays_resolve_network_and_tracked_params(name, overlays):
     params = {k: parser.get_parsed_content(f"tracked_params#{k}") for k in ("network", "features", "skip", "gdam", "gate", "cdrb_units")}
     assert params["network"] == ("BasicUNet" if name == "basicunet" else "GRUNet")
     assert isinstance(parser.get_parsed_content("network_def"), torch.nn.Module)
+
+
+# -- model variants ------------------------------------------------------------------------------------------------
+@parameterized.expand([
+    # variant, configs, expected (features, cdrb_units, gdam_features), weight file
+    ("full", ["inference"], (32, 4, None), "model.pt"),
+    ("compact", ["inference"], (16, 1, 16), "model_compact.pt"),
+    ("compact", ["train", "evaluate"], (16, 1, 16), "model_compact.pt"),
+])
+def test_variant_selects_network_and_weights(variant, configs, expected, weight_file):
+    config = load_config(configs, variant=variant)
+    net = config["network_def"]
+    assert (net["features"], net["cdrb_units"], net.get("gdam_features")) == expected
+    assert config.get_parsed_content("model_file") == weight_file
+    if "train" not in configs or "evaluate" in configs:
+        assert config.get_parsed_content("checkpoint").endswith(f"/models/{weight_file}")
+
+
+def test_training_a_variant_saves_its_weight_file():
+    config = load_config(["train"], variant="compact")
+    assert config.get_parsed_content("best_model_saver#key_metric_filename") == "model_compact.pt"
+
+
+def test_unknown_variant_is_an_input_error():
+    from bundle.errors import InputError
+
+    with pytest.raises(InputError, match="unknown model variant 'tiny'; known: full, compact"):
+        load_config("inference", variant="tiny")
