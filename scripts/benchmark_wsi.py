@@ -3,8 +3,8 @@
     python scripts/benchmark_wsi.py --output_dir runs/wsi_benchmark            # 20,000 x 20,000 synthetic slide
     python scripts/benchmark_wsi.py --size 40000 --tissue_tiles 8
 
-Three runs of ``scripts/segment_slides.py`` (the shipped model, one process each, so that each peak RSS is its
-own): (1) the baseline, one 1000 x 1000 MoNuSeg image held in memory; (2) the slide given by ``--svs`` (by default
+Three runs of ``scripts/segment_slides.py`` per model variant (``--variants full,compact``; one process each, so
+that each peak RSS is its own): (1) the baseline, one 1000 x 1000 MoNuSeg image held in memory; (2) the slide given by ``--svs`` (by default
 the OpenSlide sample ``CMU-1-Small-Region.svs`` from the development data beside the repo, skipped when absent);
 (3) a pyramidal tiled TIFF of ``--size`` x ``--size`` pixels at 0.25 um/px assembled tile by tile from real MoNuSeg
 images on white glass. Speed is reported as megapixels per second (level 0, and processed at the model's
@@ -84,6 +84,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--size", type=int, default=20000, help="side of the synthetic slide in pixels")
     parser.add_argument("--tissue_tiles", type=int, default=6, help="real 1000 x 1000 images placed on it")
     parser.add_argument("--svs", default=str(SHARED / "wsi" / "CMU-1-Small-Region.svs"))
+    parser.add_argument("--variants", default="full", help="comma list of model variants (full, compact)")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -93,15 +94,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     info = write_synthetic_slide(slide, args.size, images, args.tissue_tiles)
     print(f"synthetic slide {slide}: {args.size} x {args.size}, {info['tissue_images']} real images, "
           f"{slide.stat().st_size / 1e6:.1f} MB, written in {time.perf_counter() - t0:.0f} s")
-    runs = {"baseline (1000x1000 PNG)": segment(images[0], out / "baseline", [])}
-    if Path(args.svs).is_file():
-        runs["CMU-1-Small-Region.svs"] = segment(Path(args.svs), out / "svs", [])
-    runs[f"synthetic {args.size}x{args.size}"] = segment(slide, out / "synthetic", [])
-    base = runs["baseline (1000x1000 PNG)"]["mpx_per_s_processed_model"]
+    runs: Dict[str, Dict] = {}
+    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        extra, tag = ["--variant", variant], f"{variant}: "
+        runs[f"{tag}baseline (1000x1000 PNG)"] = segment(images[0], out / variant / "baseline", extra)
+        if Path(args.svs).is_file():
+            runs[f"{tag}CMU-1-Small-Region.svs"] = segment(Path(args.svs), out / variant / "svs", extra)
+        runs[f"{tag}synthetic {args.size}x{args.size}"] = segment(slide, out / variant / "synthetic", extra)
     (out / "benchmark.json").write_text(json.dumps(runs, indent=2))
     print("| input | level-0 size | um/px | tiles run / all | nuclei | time s | level-0 Mpx/s | model Mpx/s | vs baseline | peak RSS MB |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, s in runs.items():
+        base = runs[name.split(": ")[0] + ": baseline (1000x1000 PNG)"]["mpx_per_s_processed_model"]
         print(f"| {name} | {s['width']}x{s['height']} | {s['mpp']:.3f} | {s['tiles_processed']}/{s['tiles']} | {s['nucleus_count']} | "
               f"{s['seconds']:.1f} | {s['mpx_per_s_level0']:.3f} | {s['mpx_per_s_processed_model']:.3f} | "
               f"{s['mpx_per_s_processed_model'] / base:.2f}x | {s['peak_rss_mb']:.0f} |")
