@@ -338,3 +338,23 @@ def test_converted_runtime_gives_the_network_output(light_segmenter, tmp_path, r
     actual = converted(x)
     assert actual.shape == expected.shape and torch.allclose(torch.sigmoid(actual), torch.sigmoid(expected), atol=2e-3)
     assert converted.source.parent == tmp_path and converted.source.is_file()  # cached for the next run
+
+
+@pytest.mark.parametrize("door", ["bundle_cli", "segment_slides"])
+def test_compact_variant_is_one_option_away(tmp_path, door):
+    """The compact model through the bundle command line (its overlay merged last) and segment_slides (--variant)."""
+    out = tmp_path / "out"
+    if door == "bundle_cli":
+        cmd = [PY, "-m", "monai.bundle", "run", "--config_file", "['configs/inference.json','configs/compact.json']", *META,
+               "--dataset_dir", str(first_sample()), "--output_dir", str(out), "--progress", "False"]
+    else:
+        cmd = segment_slides(first_sample(), "-o", out, "--variant", "compact")
+    proc = run(cmd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (summary,) = json.loads((out / "report.json").read_text())["written"]
+    assert summary["nucleus_count"] >= 10 and summary["weights"].endswith("models/model_compact.pt")
+
+
+def test_unknown_variant_is_one_line(tmp_path):
+    proc = run(segment_slides(first_sample(), "-o", tmp_path, "--variant", "tiny"))
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == "error: unknown model variant 'tiny'; known: full, compact"

@@ -138,6 +138,7 @@ class NucleusSegmenter:
             raise ValueError(f"runtime {runtime!r} runs on the CPU, got device {self.device}")
         self.network = network.to(self.device).eval()
         self.runtime, self.patch_size = runtime, patch_size
+        self.weights = None if checkpoint is None else str(checkpoint)  # reported in every summary
         if checkpoint is not None:
             self._load_state(load_state_dict(checkpoint), checkpoint)
         runner = network_for_runtime(self.network, runtime, patch_size)
@@ -159,7 +160,8 @@ class NucleusSegmenter:
             InputError: missing file, not a torch checkpoint, or weights of another network.
         """
         self._load_state(load_state_dict(checkpoint), checkpoint)
-        if self.runtime != "torch":  # a converted network holds its own copy of the weights
+        self.weights = str(checkpoint)
+        if self.runtime in ("openvino", "onnxruntime"):  # a converted network holds its own copy of the weights
             self.predictor.network = network_for_runtime(self.network, self.runtime, self.patch_size)
 
     def _load_state(self, state: Dict[str, torch.Tensor], checkpoint: Union[str, os.PathLike]) -> None:
@@ -323,6 +325,7 @@ class NucleusSegmenter:
             "mpx_per_s_processed_model": round(region.processed_px / 1e6 / seconds, 4),
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "device": str(self.device),
+            "weights": self.weights,
             "files": {k: str(v) for k, v in files.items()},
         }
         if not nuclei:
