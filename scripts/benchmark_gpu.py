@@ -100,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         record(out, results[-1])
     slide = out / "synthetic_slide.tif"
     t0 = time.perf_counter()
-    info = write_synthetic_slide(slide, args.size, sorted(Path(args.images_dir).glob("*.png")), args.tissue_tiles)
+    info = write_synthetic_slide(slide, args.size, sorted(Path(args.images_dir).glob("*.png")), args.tissue_tiles, compression="zlib")
     record(out, {"kind": "slide_written", **info, "seconds": round(time.perf_counter() - t0, 1)})
     for variant in VARIANTS:
         results.append(slide_throughput(slide, out / "outputs", variant, args))

@@ -41,8 +41,11 @@ def _placements(size: int, images: List[Path], count: int, seed: int = 0) -> Lis
     return [(cells[c][0], cells[c][1], np.asarray(Image.open(images[k % len(images)]).convert("RGB"))) for k, c in enumerate(chosen)]
 
 
-def write_synthetic_slide(path: Path, size: int, images: List[Path], count: int, mpp: float = 0.25) -> Dict[str, int]:
-    """Pyramidal (downsamples 1, 4, 16, 64) JPEG-tiled TIFF, rendered tile by tile (memory ~ one tile)."""
+def write_synthetic_slide(
+    path: Path, size: int, images: List[Path], count: int, mpp: float = 0.25, compression: str = "jpeg"
+) -> Dict[str, int]:
+    """Pyramidal (downsamples 1, 4, 16, 64) tiled TIFF (JPEG tiles, or ``"zlib"`` where imagecodecs is missing),
+    rendered tile by tile (memory ~ one tile)."""
     placed = _placements(size, images, count)
     with tifffile.TiffWriter(path, bigtiff=True) as writer:
         for level, down in enumerate((1, 4, 16, 64)):
@@ -61,8 +64,8 @@ def write_synthetic_slide(path: Path, size: int, images: List[Path], count: int,
                         yield tile
 
             res = 1e4 / (mpp * down)
-            writer.write(tiles(), shape=(side, side, 3), dtype=np.uint8, tile=(TILE, TILE), compression="jpeg",
-                         compressionargs={"level": 90}, photometric="rgb", subfiletype=1 if level else 0,
+            writer.write(tiles(), shape=(side, side, 3), dtype=np.uint8, tile=(TILE, TILE), compression=compression,
+                         compressionargs={"level": 90} if compression == "jpeg" else None, photometric="rgb", subfiletype=1 if level else 0,
                          resolution=(res, res), resolutionunit="CENTIMETER")
     return {"width": size, "height": size, "tissue_images": len(placed)}
 
