@@ -21,9 +21,10 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["RUNTIMES", "OpenVINONetwork", "ONNXRuntimeNetwork", "network_for_runtime"]
+__all__ = ["RUNTIMES", "CONVERTING_RUNTIMES", "OpenVINONetwork", "ONNXRuntimeNetwork", "network_for_runtime"]
 
 RUNTIMES = ("torch", "torch_compile", "openvino", "onnxruntime")
+CONVERTING_RUNTIMES = ("openvino", "onnxruntime")  # CPU only; they hold their own copy of the weights
 logger = logging.getLogger(__name__)
 
 

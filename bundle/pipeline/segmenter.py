@@ -25,11 +25,11 @@ import math
 import os
 import resource
 import time
-from pathlib import Path
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -44,7 +44,7 @@ from bundle.pipeline.check import check_output_dir, list_inputs, output_names
 from bundle.pipeline.measure import Nucleus, density_per_mm2, measure_nuclei
 from bundle.pipeline.predict import TilePredictor
 from bundle.pipeline.report import RunReport
-from bundle.pipeline.runtimes import network_for_runtime
+from bundle.pipeline.runtimes import CONVERTING_RUNTIMES, network_for_runtime
 from bundle.pipeline.split import InstanceSplitter
 from bundle.pipeline.tiles import Box, TileGrid
 from bundle.training.checkpoints import load_state_dict
@@ -134,7 +134,7 @@ class NucleusSegmenter:
             raise ValueError(f"tile_size and model_mpp must be positive and margin non-negative, got {tile_size}, {model_mpp}, {margin}")
         keep_freed_memory()  # large tiles reuse freed memory instead of page-faulting (bundle.allocator)
         self.device = torch.device(device)
-        if runtime in ("openvino", "onnxruntime") and self.device.type != "cpu":
+        if runtime in CONVERTING_RUNTIMES and self.device.type != "cpu":
             raise ValueError(f"runtime {runtime!r} runs on the CPU, got device {self.device}")
         self.network = network.to(self.device).eval()
         self.runtime, self.patch_size = runtime, patch_size
@@ -161,7 +161,7 @@ class NucleusSegmenter:
         """
         self._load_state(load_state_dict(checkpoint), checkpoint)
         self.weights = str(checkpoint)
-        if self.runtime in ("openvino", "onnxruntime"):  # a converted network holds its own copy of the weights
+        if self.runtime in CONVERTING_RUNTIMES:  # a converted network holds its own copy of the weights
             self.predictor.network = network_for_runtime(self.network, self.runtime, self.patch_size)
 
     def _load_state(self, state: Dict[str, torch.Tensor], checkpoint: Union[str, os.PathLike]) -> None:
