@@ -3,7 +3,7 @@
     python deploy/app.py -i <image, slide or folder> -o <output folder> -m <models/model.ts or a folder holding it>
 
 (or ``HOLOSCAN_INPUT_PATH``, ``HOLOSCAN_OUTPUT_PATH``, ``HOLOSCAN_MODEL_PATH``; ``GRUNET_MPP`` sets the inputs'
-microns per pixel). Every input goes through the bundle's pipeline (``segmenter`` of the ``inference.json``
+microns per pixel, ``GRUNET_ORGAN`` their organ, e.g. ``breast``, for the network's organ prompts). Every input goes through the bundle's pipeline (``segmenter`` of the ``inference.json``
 embedded in ``model.ts``, with the TorchScript network) and gets ``<output>/<name>/`` with the same files as the
 bundle command line; ``<output>/report.json`` lists what was written, skipped and converted. Exit status
 (``bundle.errors``): 0 every input written, 1 nothing processed (one line on stderr), 2 some inputs skipped.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -36,6 +37,7 @@ from monai.deploy.operators.monai_bundle_inference_operator import get_bundle_co
 
 from bundle.errors import EXIT_ERROR, InputError, find_input_error  # noqa: E402
 from bundle.io.slides import check_mpp  # noqa: E402
+from bundle.networks.text_prior import embedded_text_prior  # noqa: E402
 from bundle.pipeline.check import check_output_dir, list_inputs, output_names  # noqa: E402
 from bundle.pipeline.report import RunReport  # noqa: E402
 from bundle.pipeline.segmenter import NucleusSegmenter  # noqa: E402
@@ -75,14 +77,24 @@ def check_model(path: Path) -> Path:
 def load_segmenter(model: Path) -> NucleusSegmenter:
     """The bundle's pipeline as ``model.ts`` embeds it: its ``inference.json`` ``segmenter``, with the TorchScript
     network in place of ``network_def``, no checkpoint to load, and the PyTorch runtime (OpenVINO converts eager
-    networks, not scripted ones; on the same input the two give the same masks, see the README's speed table)."""
+    networks, not scripted ones; on the same input the two give the same masks, see the README's speed table).
+    The organ prompts come from the text prior embedded in ``model.ts``, the organ from ``GRUNET_ORGAN``."""
     parser = get_bundle_config(str(model), ["inference"])
     parser["deploy_model_path"] = str(model)
     parser["segmenter#network"] = "$torch.jit.load(@deploy_model_path, map_location=@device)"
     parser["segmenter#checkpoint"] = None
     parser["segmenter#runtime"] = "torch"
     parser["segmenter#progress"] = False
-    return parser.get_parsed_content("segmenter")
+    parser["segmenter#organ"] = os.environ.get("GRUNET_ORGAN") or None
+    prior = embedded_text_prior(model)
+    with tempfile.TemporaryDirectory(prefix="grunet_") as tmp:  # read once, when the segmenter is built
+        if prior is None:
+            logger.warning("%s holds no text prior: every input gets the generic prompts", model)
+            parser["segmenter#text_prior_file"] = None
+        else:
+            parser["segmenter#text_prior_file"] = str(Path(tmp) / "text_prior.pt")
+            Path(parser["segmenter#text_prior_file"]).write_bytes(prior)
+        return parser.get_parsed_content("segmenter")
 
 
 class NucleiSegApp(Application):

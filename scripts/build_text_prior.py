@@ -13,7 +13,14 @@ from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.networks.text_prior import DEFAULT_ENCODER, POOLING_MODES, build_text_prior, read_prompts, save_text_prior  # noqa: E402
+from bundle.networks.text_prior import (  # noqa: E402
+    DEFAULT_ENCODER,
+    POOLING_MODES,
+    build_text_prior,
+    read_organ_prompts,
+    read_prompts,
+    save_text_prior,
+)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -23,10 +30,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--pooling", default="mean", choices=POOLING_MODES)
     parser.add_argument("--output", default="models/text_prior.pt")
     args = parser.parse_args(argv)
-    record = build_text_prior(read_prompts(args.prompts), args.encoder, args.pooling)
+    organs, template = read_organ_prompts(args.prompts)
+    record = build_text_prior(read_prompts(args.prompts), args.encoder, args.pooling, organs, template)
     save_text_prior(record, args.output)
     emb = record["embeddings"]
-    print(f"wrote {args.output}: {emb.shape[0]} prompts x {emb.shape[1]} dims, encoder {record['encoder']}, pooling {args.pooling}")
+    print(
+        f"wrote {args.output}: {emb.shape[0]} prompts x {emb.shape[1]} dims, {len(organs)} organs"
+        f" ({', '.join(organs) or 'none'}), encoder {record['encoder']}, pooling {args.pooling}"
+    )
     return 0
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Export a model variant's TorchScript file (configs/metadata.json and the variant's inference config embedded)
-# from its trained checkpoint with MONAI's ckpt_export: the model the Deploy application loads.
+# Export a model variant's TorchScript file (configs/metadata.json, the variant's inference config and the text
+# prior with the organ prompts embedded) from its trained checkpoint with MONAI's ckpt_export: the model the
+# Deploy application loads.
 #
 #   scripts/export_model_ts.sh [variant] [python]   # variant: full (models/model.pt -> models/model.ts, default)
 #                                                   #   or compact (models/model_compact.pt -> models/model_compact.ts)
@@ -20,3 +21,4 @@ HF_HUB_OFFLINE=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "$PY" -m monai.bundle c
     --meta_file configs/metadata.json \
     --config_file "$CONFIGS" \
     --bundle_root .
+"$PY" -c "from bundle.networks.text_prior import embed_text_prior; embed_text_prior('models/$NAME.ts', 'models/text_prior.pt')"

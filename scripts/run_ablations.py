@@ -2,11 +2,16 @@
 
     python scripts/run_ablations.py --dataset_dir <monuseg>/train --output_dir runs/ablations --epochs 10 \\
         --parallel 5 --override images_per_batch=2 --override crops_per_image=16
+    python scripts/run_ablations.py --configs configs/monuseg_tnbc.json --output_dir runs/ablations14 \\
+        --variants compact,compact+constant_prior,compact+no_gdam,basicunet --eval_generic compact --epochs 10
 
-Every variant (the full model and one per overlay file in ``configs/ablations``: basicunet, no_gdam, plain,
-respath; see ``scripts.benchmark_training.VARIANTS``) runs the bundle's own training command with the same
-overrides, epochs and split, then ``configs/evaluate.json`` on its best checkpoint (``<output_dir>/<variant>/models``).
-``<output_dir>/ablations.json`` holds each variant's parameters and evaluation summary.
+A variant is the full model or overlays joined by ``+``: ``compact`` (``configs/compact.json``) and one per file in
+``configs/ablations`` (basicunet, constant_prior, no_gdam, plain, respath; see
+``scripts.benchmark_training.VARIANTS``). Each runs the bundle's own training command (``configs/train.json``, then
+``--configs``, then its overlays) with the same overrides, epochs and split, then ``configs/evaluate.json`` on its
+best checkpoint (``<output_dir>/<variant>/models``); ``--eval_generic`` variants are evaluated a second time with
+every image given the generic prompts (``<variant>/eval_generic``). ``<output_dir>/ablations.json`` holds each
+variant's parameters and evaluation summary (with its per-dataset and per-organ breakdown).
 """
 
 from __future__ import annotations
@@ -19,33 +24,60 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.config_io import BUNDLE_ROOT  # noqa: E402
-from scripts.benchmark_training import VARIANTS, build, width_overrides  # noqa: E402
+from bundle.config_io import BUNDLE_ROOT, load_config  # noqa: E402
+from scripts.benchmark_training import VARIANTS, width_overrides  # noqa: E402
 
 META = ["--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf"]
 
 
-def _config_list(variant: str, extra: List[str]) -> str:
-    files = ["configs/train.json", *VARIANTS[variant], *extra]
+def overlays_of(variant: str) -> List[str]:
+    """The overlay files of a variant: the overlays of each ``+``-joined part, in order.
+
+    Raises:
+        KeyError: a part that is not in :data:`VARIANTS`.
+    """
+    files: List[str] = []
+    for part in variant.split("+"):
+        if part not in VARIANTS:
+            raise KeyError(f"unknown variant {part!r}; choose from {list(VARIANTS)}")
+        files += VARIANTS[part]
+    return files
+
+
+def _config_list(variant: str, args: argparse.Namespace, extra: List[str]) -> str:
+    files = ["configs/train.json", *args.configs, *overlays_of(variant), *extra]
     return "[" + ",".join(f"'{f}'" for f in files) + "]"
 
 
 def _launch(variant: str, stage: str, args: argparse.Namespace) -> subprocess.Popen:
     out = Path(args.output_dir) / variant
     out.mkdir(parents=True, exist_ok=True)
-    common = [*META, "--dataset_dir", args.dataset_dir, "--ckpt_dir", str(out / "models"), "--epochs", str(args.epochs)]
+    common = [*META, "--ckpt_dir", str(out / "models"), "--epochs", str(args.epochs)]
+    common += ["--dataset_dir", args.dataset_dir] if args.dataset_dir else []
     common += [f"--{k}={v}" for k, v in (o.split("=", 1) for o in args.override)]
-    common += [f"--{k}={json.dumps(v)}" for k, v in width_overrides(variant, args.width).items()]
+    common += [f"--{k}={json.dumps(v)}" for k, v in width_overrides(variant.split("+")[0], args.width).items()]
     if stage == "train":
-        cmd = ["training", "--config_file", _config_list(variant, []), "--output_dir", str(out), "--val_interval", str(args.val_interval)]
+        resume = (out / "checkpoints").is_dir()  # a cut run goes on from its last epoch
+        cmd = ["training", "--config_file", _config_list(variant, args, []), "--output_dir", str(out),
+               "--val_interval", str(args.val_interval), "--resume", str(resume)]
     else:
-        cmd = ["--config_file", _config_list(variant, ["configs/evaluate.json"]), "--output_dir", str(out / "eval")]
+        cmd = ["--config_file", _config_list(variant, args, ["configs/evaluate.json"]), "--output_dir", str(out / stage)]
+        cmd += ["--validation_generic_prob", "1.0"] if stage == "eval_generic" else []
     log = open(out / f"{stage}.log", "w")
     return subprocess.Popen([sys.executable, "-m", "monai.bundle", "run", *cmd, *common], cwd=BUNDLE_ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _row(name: str, summary: Dict) -> str:
+    """One table row: means over all validation images, then Dice and AJI per data set."""
+    if "mean_dice" not in summary:
+        return f"| {name} | failed |"
+    cells = [f"{summary.get(k, float('nan')):.4f}" for k in ("mean_dice", "mean_aji", "mean_pq", "mean_f1", "pooled_count_ratio")]
+    for group, values in summary.get("by_dataset", {}).items():
+        cells.append(f"{group} {values['mean_dice']:.4f} / {values.get('mean_aji', float('nan')):.4f}")
+    return f"| {name} | {summary['parameters'] / 1e6:.2f} M | " + " | ".join(cells) + " |"
 
 
 def _run_all(variants: List[str], stage: str, args: argparse.Namespace) -> Dict[str, int]:
@@ -64,7 +96,9 @@ def _run_all(variants: List[str], stage: str, args: argparse.Namespace) -> Dict[
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset_dir", required=True)
+    parser.add_argument("--dataset_dir", default=None, help="the data set (or leave to a --configs overlay)")
+    parser.add_argument("--configs", action="append", default=[], help="config overlay merged after train.json, repeatable")
+    parser.add_argument("--eval_generic", default="", help="variants also evaluated with the generic prompts, comma-separated")
     parser.add_argument("--output_dir", default="runs/ablations")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--epochs", type=int, default=10)
@@ -75,30 +109,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--report_only", action="store_true", help="only tabulate the evaluations already in output_dir")
     args = parser.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
+    generic = [v for v in args.eval_generic.split(",") if v]
     t0 = time.time()
     if args.report_only:
         train_codes = {v: 0 for v in variants}
-        eval_codes = {v: 0 if (Path(args.output_dir) / v / "eval" / "metrics_summary.json").is_file() else None for v in variants}
     else:
         train_codes = _run_all(variants, "train", args)
         trained = [v for v in variants if train_codes[v] == 0]
-        eval_codes = _run_all(trained, "eval", args)
+        _run_all(trained, "eval", args)
+        _run_all([v for v in generic if v in trained], "eval_generic", args)
     results = {}
-    for v in variants:
-        summary = Path(args.output_dir) / v / "eval" / "metrics_summary.json"
-        results[v] = {
-            "parameters": sum(p.numel() for p in build(v, torch.device("cpu"), args.width).parameters() if p.requires_grad),
-            "train_rc": train_codes.get(v),
-            "eval_rc": eval_codes.get(v),
+    for name, variant, stage in [(v, v, "eval") for v in variants] + [(f"{v} (generic prompts)", v, "eval_generic") for v in generic]:
+        summary = Path(args.output_dir) / variant / stage / "metrics_summary.json"
+        overrides = width_overrides(variant.split("+")[0], args.width)
+        config = load_config(["train", *[str(BUNDLE_ROOT / f) for f in args.configs + overlays_of(variant)]], overrides=overrides)
+        results[name] = {
+            "parameters": sum(p.numel() for p in config.get_parsed_content("network_def").parameters() if p.requires_grad),
+            "train_rc": train_codes.get(variant),
             **(json.loads(summary.read_text()) if summary.is_file() else {}),
         }
-    Path(args.output_dir, "ablations.json").write_text(json.dumps({"epochs": args.epochs, "width": args.width, "overrides": args.override, "results": results}, indent=2))
+    report = {"epochs": args.epochs, "width": args.width, "configs": args.configs, "overrides": args.override, "results": results}
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    Path(args.output_dir, "ablations.json").write_text(json.dumps(report, indent=2))
     print(f"{len(variants)} variants, {args.epochs} epochs each, width {args.width or 'config'}, {time.time() - t0:.0f} s")
-    print("| variant | parameters | mean Dice | mean IoU | pooled Dice |")
-    print("|---|---:|---:|---:|---:|")
-    for v, r in results.items():
-        dice = f"{r['mean_dice']:.4f}" if "mean_dice" in r else f"failed (rc {r['train_rc']}/{r['eval_rc']})"
-        print(f"| {v} | {r['parameters'] / 1e6:.2f} M | {dice} | {r.get('mean_iou', float('nan')):.4f} | {r.get('pooled_dice', float('nan')):.4f} |")
+    print("| variant | parameters | Dice | AJI | PQ | F1 | count ratio | per data set: Dice / AJI |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for name, r in results.items():
+        print(_row(name, r))
     return 0 if all(c == 0 for c in train_codes.values()) else 1
 
 

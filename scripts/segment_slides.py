@@ -33,11 +33,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--variant", default="full", help="model variant: full (models/model.pt) or compact (models/model_compact.pt)")
     parser.add_argument("-m", "--model", default=None, help="checkpoint (default: the variant's file in models/)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
+    parser.add_argument("--organ", default=None, help="organ of the tissue, for the network's prompts (e.g. breast; default: unknown)")
+    parser.add_argument("--organ_csv", default=None, help="CSV with id (or image) and organ columns: each input's organ")
     parser.add_argument("--tta", action="store_true", help="average the four flips of every tile (4x the time)")
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    overrides = {"progress": not args.no_progress, "tta": args.tta}
+    overrides = {"progress": not args.no_progress, "tta": args.tta, "organ": args.organ}
     if args.model:
         overrides["checkpoint"] = str(Path(args.model).resolve())
     if args.device:
@@ -45,7 +47,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         mpp = check_mpp(args.mpp)
         segmenter = load_config("inference", overrides=overrides, variant=args.variant).get_parsed_content("segmenter")
-        report = segmenter.run(args.input, args.output_dir, mpp)
+        report = segmenter.run(args.input, args.output_dir, mpp, args.organ_csv)
     except Exception as e:  # the config parser wraps errors in RuntimeError: report the user's problem inside
         found = find_input_error(e)
         if found is None:

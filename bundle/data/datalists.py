@@ -14,16 +14,18 @@ goes on. A missing folder, or one with nothing usable, raises an :class:`~bundle
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from bundle.errors import InputError
 from bundle.io.images import ImageReadError, inspect_image, is_image_file, read_mask
+from bundle.networks.text_prior import normalize_organ
 
 __all__ = [
     "SPLIT_MODES",
@@ -34,7 +36,10 @@ __all__ = [
     "scan_images",
     "paired_datalist",
     "split_datalist",
+    "read_organ_table",
+    "assign_organs",
     "make_split",
+    "merge_splits",
 ]
 
 SPLIT_MODES = ("random", "kfold", "patient", "none")
@@ -223,6 +228,38 @@ def split_datalist(
     return [d for d in items if d[key] not in val_keys], [d for d in items if d[key] in val_keys]
 
 
+def read_organ_table(path: PathLike) -> Dict[str, str]:
+    """Organ per image id from a CSV with an ``organ`` column and an ``id`` or ``image`` column (a file name or
+    path, whose stem is the id), e.g. MoNuSeg's ``manifest.csv``.
+
+    Raises:
+        InputError: the file is missing or unreadable, or lacks those columns.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{path}: cannot read the organ table ({err})") from err
+    columns = set(rows[0]) if rows else set()
+    key = "id" if "id" in columns else "image" if "image" in columns else None
+    if key is None or "organ" not in columns:
+        raise InputError(f"{path}: an organ table needs an 'organ' column and an 'id' or 'image' column")
+    return {Path(row[key]).stem if key == "image" else row[key]: (row["organ"] or "").strip() for row in rows if row[key]}
+
+
+def assign_organs(
+    items: List[Dict[str, str]], organ: Optional[str] = None, organ_csv: Optional[PathLike] = None
+) -> List[Dict[str, str]]:
+    """Set each item's ``"organ"``: its row of ``organ_csv`` (see :func:`read_organ_table`), else ``organ``, else
+    ``"generic"`` (the generic prompts), normalised by :func:`bundle.networks.text_prior.normalize_organ`.
+    Returns ``items``, changed in place."""
+    table = read_organ_table(organ_csv) if organ_csv else {}
+    for item in items:
+        item["organ"] = normalize_organ(table.get(item["id"]) or organ)
+    return items
+
+
 def make_split(
     dataset_dir: Union[PathLike, Sequence[PathLike]],
     mode: str = "random",
@@ -230,12 +267,27 @@ def make_split(
     num_folds: int = 5,
     fold: int = 0,
     seed: int = 0,
+    organ: Optional[str] = None,
+    organ_csv: Optional[PathLike] = None,
+    name: Optional[str] = None,
 ) -> Dict[str, List[Dict[str, str]]]:
     """Scan paired data and split it: ``{"train": [...], "validation": [...], "skipped": [...]}``.
 
-    Items keep only ``image`` and ``label`` plus ``id``; see :func:`paired_datalist` and :func:`split_datalist`.
+    Items are ``{"image", "label", "id", "group", "organ", "dataset"}``; see :func:`paired_datalist`,
+    :func:`split_datalist` and :func:`assign_organs`. ``name`` (default: the folder's name) labels the items'
+    ``"dataset"``, by which evaluation reports are broken down.
     """
     scan = paired_datalist(dataset_dir)
+    assign_organs(scan.items, organ, organ_csv)
+    label = name or (Path(dataset_dir).name if isinstance(dataset_dir, (str, os.PathLike)) else "data")
+    for item in scan.items:
+        item["dataset"] = label
     train, val = split_datalist(scan.items, mode, val_fraction, num_folds, fold, seed)
-    logger.info("data: %d training, %d validation image(s), %d skipped", len(train), len(val), len(scan.skipped))
+    logger.info("data %s: %d training, %d validation image(s), %d skipped", label, len(train), len(val), len(scan.skipped))
     return {"train": train, "validation": val, "skipped": scan.skipped}
+
+
+def merge_splits(splits: Sequence[Dict[str, List[Dict[str, str]]]]) -> Dict[str, List[Dict[str, str]]]:
+    """Concatenate the ``train``, ``validation`` and ``skipped`` lists of several :func:`make_split` results (each
+    data set split its own way, e.g. MoNuSeg by image and TNBC by patient)."""
+    return {key: [item for split in splits for item in split.get(key, [])] for key in ("train", "validation", "skipped")}

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from monai.utils import min_version, optional_import
 from scipy import ndimage
 
 from bundle.io.images import read_mask
-from bundle.pipeline.split import split_instances
+from bundle.pipeline.split import InstanceSplitter
 from bundle.data.targets import instance_labels
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ __all__ = [
     "confusion_counts",
     "scores_from_counts",
     "summarize",
+    "summarize_groups",
     "instance_overlaps",
     "aggregated_jaccard_index",
     "panoptic_quality",
@@ -43,7 +44,8 @@ __all__ = [
 ]
 
 METRIC_NAMES = ("dice", "iou", "precision", "recall")
-INSTANCE_METRIC_NAMES = ("aji", "pq", "dq", "sq", "f1")
+INSTANCE_METRIC_NAMES = ("aji", "pq", "dq", "sq", "f1", "count_ratio")
+GROUP_KEYS = ("dataset", "organ")  # item keys by which SegmentationReport breaks its summary down
 logger = logging.getLogger(__name__)
 
 
@@ -89,18 +91,29 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> Dict[str, float]:
     """Mean of per-image scores (``mean_<name>``) and dataset-pooled scores (``pooled_<name>``).
 
     Args:
-        rows: per-image dicts holding the counts and the scores.
+        rows: per-image dicts holding the scores (those every row has are averaged) and, for the pooled pixel
+            scores, the counts ``tp``, ``fp``, ``fn``, ``tn``; with ``n_true`` and ``n_pred``, the pooled count ratio.
     """
     if not rows:
         return {}
-    summary = {f"mean_{name}": float(np.mean([r[name] for r in rows])) for name in METRIC_NAMES}
-    pooled = {k: sum(int(r[k]) for r in rows) for k in ("tp", "fp", "fn", "tn")}
-    summary.update({f"pooled_{k}": v for k, v in scores_from_counts(pooled).items()})
-    for name in INSTANCE_METRIC_NAMES:
+    summary: Dict[str, float] = {}
+    for name in METRIC_NAMES + INSTANCE_METRIC_NAMES:  # the scores every row has
         if all(name in r for r in rows):
             summary[f"mean_{name}"] = float(np.mean([r[name] for r in rows]))
+    if all(k in r for r in rows for k in ("tp", "fp", "fn", "tn")):
+        pooled = {k: sum(int(r[k]) for r in rows) for k in ("tp", "fp", "fn", "tn")}
+        summary.update({f"pooled_{k}": v for k, v in scores_from_counts(pooled).items()})
+    if all("n_true" in r for r in rows):
+        summary["pooled_count_ratio"] = sum(r["n_pred"] for r in rows) / max(1, sum(r["n_true"] for r in rows))
     summary["num_images"] = len(rows)
     return summary
+
+
+def summarize_groups(rows: Sequence[Dict[str, Any]], key: str) -> Dict[str, Dict[str, float]]:
+    """:func:`summarize` of the rows of each value of ``rows[i][key]`` (e.g. per dataset or per organ), sorted by
+    value; rows without ``key`` are left out."""
+    groups = sorted({str(r[key]) for r in rows if r.get(key) is not None})
+    return {g: summarize([r for r in rows if str(r.get(key)) == g]) for g in groups}
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:
@@ -197,14 +210,19 @@ def detection_f1(true: Any, pred: Any) -> float:
 
 
 def instance_scores(true: Any, pred: Any) -> Dict[str, float]:
-    """The instance scores the bundle reports for one image: ``{"aji", "pq", "dq", "sq", "f1"}``.
+    """The instance scores the bundle reports for one image: ``{"aji", "pq", "dq", "sq", "f1", "count_ratio",
+    "n_true", "n_pred"}`` (``count_ratio``: predicted over true nucleus count).
 
     Args:
         true: instance labels (H, W), 0 background (a binary truth: see ``bundle.data.targets.instance_labels``).
         pred: instance labels (H, W), 0 background.
     """
     pq = panoptic_quality(true, pred)
-    return {"aji": aggregated_jaccard_index(true, pred), "pq": pq["pq"], "dq": pq["dq"], "sq": pq["sq"], "f1": detection_f1(true, pred)}
+    n_true, n_pred = int(len(np.unique(true)) - (np.min(true) == 0)), int(len(np.unique(pred)) - (np.min(pred) == 0))
+    return {
+        "aji": aggregated_jaccard_index(true, pred), "pq": pq["pq"], "dq": pq["dq"], "sq": pq["sq"],
+        "f1": detection_f1(true, pred), "count_ratio": n_pred / max(n_true, 1), "n_true": n_true, "n_pred": n_pred,
+    }
 
 
 class SegmentationReport:
@@ -219,14 +237,16 @@ class SegmentationReport:
         pred_key: batch key of the binary prediction (B, 1, H, W).
         label_key: batch key of the truth (B, 1, H, W).
         prefix: prefix of the names put in ``engine.state.metrics``.
-        instances: also compute AJI, PQ (DQ, SQ) and detection F1: predicted nuclei are split by
-            :func:`bundle.pipeline.split.split_instances`, true nuclei are read from the label's file (instance ids;
-            a binary mask is split into connected components).
-        min_distance: ``split_instances``'s smallest distance between nucleus centres (mask-only splitting).
-        sigma: ``split_instances``'s smoothing of the distance transform (mask-only splitting).
+        instances: also compute AJI, PQ (DQ, SQ), detection F1 and the count ratio: predicted nuclei are split by
+            ``splitter``, true nuclei are read from the label's file (instance ids; a binary mask is split into
+            connected components).
+        splitter: the instance splitting (:class:`bundle.pipeline.split.InstanceSplitter`; the same settings as
+            ``configs/inference.json``'s ``splitter``). Default: its defaults.
         distance_key: batch key of the predicted normalised distance (1, H, W) (see
             :class:`bundle.pipeline.split.SplitNucleusChannelsd`); when an item has it, nuclei are split on its markers.
-        marker_height: ``split_instances``'s h-maxima height of the distance markers.
+
+    Each row also holds the item's ``dataset`` and ``organ`` (when the data list gives them), and the summary
+    file breaks the means down by each (``by_dataset``, ``by_organ``).
     """
 
     def __init__(
@@ -236,20 +256,16 @@ class SegmentationReport:
         label_key: str = "label",
         prefix: str = "",
         instances: bool = False,
-        min_distance: int = 6,
-        sigma: float = 3.0,
+        splitter: Optional[InstanceSplitter] = None,
         distance_key: str = "pred_distance",
-        marker_height: float = 0.2,
     ):
         self.output_dir = Path(output_dir)
         self.pred_key = pred_key
         self.label_key = label_key
         self.prefix = prefix
         self.instances = instances
-        self.min_distance = min_distance
-        self.sigma = sigma
+        self.splitter = splitter or InstanceSplitter()
         self.distance_key = distance_key
-        self.marker_height = marker_height
         self.rows: List[Dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -268,16 +284,15 @@ class SegmentationReport:
             meta = getattr(pred, "meta", {}) or {}
             name = meta.get("filename_or_obj", f"image_{len(self.rows)}")
             counts = confusion_counts(pred, label)
-            row = {"image": Path(str(name)).name, **counts, **scores_from_counts(counts)}
+            row = {"image": Path(str(name)).name, **{k: item[k] for k in GROUP_KEYS if isinstance(item.get(k), str)}}
+            row.update({**counts, **scores_from_counts(counts)})
             if self.instances:
                 row.update(self._instance_scores(pred, label, item.get(self.distance_key)))
             self.rows.append(row)
 
     def _instance_scores(self, pred: Any, label: Any, distance: Any = None) -> Dict[str, float]:
         pred_np = torch.as_tensor(pred).detach().cpu().numpy().reshape(np.shape(pred)[-2:])
-        pred_inst = split_instances(
-            pred_np, min_distance=self.min_distance, sigma=self.sigma, distance=distance, marker_height=self.marker_height
-        )
+        pred_inst = self.splitter(pred_np, distance)
         source = (getattr(label, "meta", {}) or {}).get("filename_or_obj")
         truth = read_mask(str(source)).astype(np.int64) if source else np.asarray(torch.as_tensor(label).cpu()).reshape(pred_inst.shape)
         if truth.shape != pred_inst.shape:
@@ -293,9 +308,14 @@ class SegmentationReport:
             writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
             writer.writeheader()
             writer.writerows(self.rows)
-        (self.output_dir / "metrics_summary.json").write_text(json.dumps(summary, indent=2))
+        groups = {f"by_{key}": summarize_groups(self.rows, key) for key in GROUP_KEYS if any(key in r for r in self.rows)}
+        (self.output_dir / "metrics_summary.json").write_text(json.dumps({**summary, **groups}, indent=2))
         for key, value in summary.items():
             engine.state.metrics[f"{self.prefix}{key}"] = value
+        for group, value in groups.get("by_dataset", {}).items():  # per data set, for MLflow: <prefix><dataset>_<name>
+            for key in ("mean_dice", "mean_aji", "mean_pq", "mean_f1", "mean_count_ratio"):
+                if key in value:
+                    engine.state.metrics[f"{self.prefix}{group}_{key}"] = value[key]
         logger.info(
             "%d images: mean Dice %.4f, IoU %.4f, precision %.4f, recall %.4f; pooled Dice %.4f -> %s",
             summary["num_images"], summary["mean_dice"], summary["mean_iou"], summary["mean_precision"],

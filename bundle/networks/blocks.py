@@ -247,7 +247,7 @@ class TextProjection(nn.Module):
         trainable: learn the projections (default, corrected). When False the reference's frozen random
             (Glorot-uniform, zero-bias) projections are kept as buffers: saved, never trained.
 
-    Shapes: (P, D) -> (1, 1, S, S).
+    Shapes: (P, D) -> (1, 1, S, S), or per image (B, P, D) -> (B, 1, S, S).
     """
 
     def __init__(self, text_dim: int, n_prompts: int, map_size: int = 32, trainable: bool = True):
@@ -267,9 +267,9 @@ class TextProjection(nn.Module):
             self.register_buffer("b_prompt", torch.zeros(map_size))
 
     def forward(self, prompts: torch.Tensor) -> torch.Tensor:
-        t = F.relu(F.linear(prompts, self.w_text, self.b_text))  # (P, S)
-        t = F.relu(F.linear(t.t(), self.w_prompt, self.b_prompt))  # (S, S)
-        return t.unsqueeze(0).unsqueeze(0)
+        t = F.relu(F.linear(prompts, self.w_text, self.b_text))  # ([B,] P, S)
+        t = F.relu(F.linear(t.transpose(-1, -2), self.w_prompt, self.b_prompt))  # ([B,] S, S)
+        return t.unsqueeze(-3) if t.dim() == 3 else t.unsqueeze(0).unsqueeze(0)
 
 
 class SeparableHead(nn.Module):
@@ -303,7 +303,8 @@ class GdAM(nn.Module):
         features: channels of the image branch (256 in the reference).
         num_scales: number of decoder levels to attend (4).
 
-    Shapes: bottleneck (B, in_channels, h, w) and text map (1, 1, S, S) ->
+    Shapes: bottleneck (B, in_channels, h, w) and text map (1, 1, S, S) (one text for all) or (B, 1, S, S)
+    (a text per image; mean and variance are then taken per image) ->
     list of ``num_scales`` maps (B, 1, h * 2**i, w * 2**i), i = 1 .. num_scales.
     """
 
@@ -323,9 +324,9 @@ class GdAM(nn.Module):
         for image_up, text_up in zip(self.image_up, self.text_up):
             x = F.relu(image_up(x))
             t = F.relu(text_up(t))
-            mu = F.softplus(self.mu_head(x)) + t.mean()
+            mu = F.softplus(self.mu_head(x)) + t.mean(dim=(1, 2, 3), keepdim=True)
             if sample:
-                sigma = torch.sqrt(F.softplus(self.sd_head(x)) ** 2 + t.var(unbiased=False))
+                sigma = torch.sqrt(F.softplus(self.sd_head(x)) ** 2 + t.var(dim=(1, 2, 3), unbiased=False, keepdim=True))
                 maps.append(mu + sigma * torch.randn_like(mu))
             else:
                 maps.append(mu)

@@ -221,8 +221,13 @@ class GRUNet(nn.Module):
                 f"GRUNet needs spatial sides that are multiples of {self.divisor}, got {x.shape[2]} x {x.shape[3]}"
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, in_channels, H, W), H and W multiples of 16. Returns logits (B, out_channels[+1], H, W)."""
+    def forward(self, x: torch.Tensor, text: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits (B, out_channels[+1], H, W) of x (B, in_channels, H, W), H and W multiples of 16.
+
+        ``text``: the GdAM prompt embeddings, (P, D) for every image or (B, P, D) (or (1, P, D)) one set per image,
+        e.g. an organ's from :class:`bundle.networks.text_prior.OrganPrompts`; None: the ``text_prior`` buffer.
+        Ignored without GdAM.
+        """
         self._check_input(x)
         x0 = self.stem(x)
         enc: List[torch.Tensor] = [x0]
@@ -236,7 +241,7 @@ class GRUNet(nn.Module):
 
         attention: List[torch.Tensor] = []
         if self.gdam is not None and self.text_projection is not None:
-            text_map = self.text_projection(self.text_prior)
+            text_map = self.text_projection(self.text_prior if text is None else text.to(x.dtype))
             attention = self.gdam(u, text_map, self.training or self.sample_attention)
 
         skips.reverse()  # deepest first, as the decoder runs

@@ -37,9 +37,11 @@ import torch
 from tqdm import tqdm
 
 from bundle.allocator import keep_freed_memory
+from bundle.data.datalists import read_organ_table
 from bundle.errors import InputError
 from bundle.io.slides import check_mpp, open_source, tissue_mask
 from bundle.io.writers import OVERLAY_SIDE, write_csv, write_geojson, write_instances, write_mask_png, write_overlay
+from bundle.networks.text_prior import GENERIC, OrganPrompts, PromptedNetwork, uses_text
 from bundle.pipeline.check import check_output_dir, list_inputs, output_names
 from bundle.pipeline.measure import Nucleus, density_per_mm2, measure_nuclei
 from bundle.pipeline.predict import TilePredictor
@@ -104,6 +106,11 @@ class NucleusSegmenter:
         tile_workers: threads that read the next tiles and split and measure the previous ones while the network
             runs (0: one tile after the other; the nuclei are the same either way).
         progress: show a progress bar over tiles.
+        text_prior_file: a text prior with organ prompts (``models/text_prior.pt``); None: every input gets the
+            network's own (generic) prompts.
+        organ: the organ of every input unless :meth:`segment` is told another (``"breast"``; None or
+            ``"unknown"``: the generic prompts; an organ without prompts falls back to them with a warning that
+            lists the known organs).
 
     Raises:
         InputError: the checkpoint is missing or not a checkpoint of this network.
@@ -129,6 +136,8 @@ class NucleusSegmenter:
         runtime: str = "torch",
         tile_workers: int = 2,
         progress: bool = True,
+        text_prior_file: Optional[Union[str, os.PathLike]] = None,
+        organ: Optional[str] = None,
     ):
         if tile_size <= 0 or margin < 0 or model_mpp <= 0:
             raise ValueError(f"tile_size and model_mpp must be positive and margin non-negative, got {tile_size}, {model_mpp}, {margin}")
@@ -141,8 +150,10 @@ class NucleusSegmenter:
         self.weights = None if checkpoint is None else str(checkpoint)  # reported in every summary
         if checkpoint is not None:
             self._load_state(load_state_dict(checkpoint), checkpoint)
-        runner = network_for_runtime(self.network, runtime, patch_size)
-        self.predictor = TilePredictor(runner, inferer, self.device, patch_size, amp, stain_normalizer, channels_last)
+        self.prompts = OrganPrompts(text_prior_file) if text_prior_file is not None and uses_text(self.network) else None
+        self.organ = organ
+        self._runners: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}  # per organ prompts, made on first use
+        self.predictor = TilePredictor(self._runner(GENERIC), inferer, self.device, patch_size, amp, stain_normalizer, channels_last)
         self.splitter = splitter
         self.model_mpp = float(model_mpp)
         self.tile_size, self.margin = int(tile_size), int(margin)
@@ -162,7 +173,22 @@ class NucleusSegmenter:
         self._load_state(load_state_dict(checkpoint), checkpoint)
         self.weights = str(checkpoint)
         if self.runtime in CONVERTING_RUNTIMES:  # a converted network holds its own copy of the weights
-            self.predictor.network = network_for_runtime(self.network, self.runtime, self.patch_size)
+            self._runners.clear()
+            self.predictor.network = self._runner(GENERIC)
+
+    def resolve_organ(self, organ: Optional[str] = None) -> str:
+        """Whose prompts an input of ``organ`` (default: the segmenter's ``organ``) gets: the organ, or
+        ``"generic"`` (see :meth:`bundle.networks.text_prior.OrganPrompts.resolve`; always without organ prompts)."""
+        organ = organ if organ is not None else self.organ
+        return GENERIC if self.prompts is None else self.prompts.resolve(organ)
+
+    def _runner(self, prompts: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The network with the prompts of ``prompts`` (a resolved organ), in the runtime; made once per organ (a
+        converting runtime converts, and caches, each organ's network)."""
+        if prompts not in self._runners:
+            network = self.network if prompts == GENERIC or self.prompts is None else PromptedNetwork(self.network, self.prompts.text(prompts))
+            self._runners[prompts] = network_for_runtime(network.to(self.device), self.runtime, self.patch_size)
+        return self._runners[prompts]
 
     def _load_state(self, state: Dict[str, torch.Tensor], checkpoint: Union[str, os.PathLike]) -> None:
         """Load ``state`` (read from ``checkpoint``) into the network; InputError when it does not fit."""
@@ -172,9 +198,20 @@ class NucleusSegmenter:
             first = str(e).strip().splitlines()[0]
             raise InputError(f"{checkpoint}: not a checkpoint of this network ({first})") from e
 
+    def predict(self, rgb: np.ndarray, organ: Optional[str] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """The predict stage alone on one RGB uint8 tile (h, w, 3) at the model's resolution: nucleus probability
+        and normalised distance (h, w) float32 (see :class:`TilePredictor`), with ``organ``'s prompts."""
+        self.predictor.network = self._runner(self.resolve_organ(organ))
+        return self.predictor(rgb)
+
     # -- predict, split, measure a region -------------------------------------------------------------------------
     def segment_region(
-        self, source: Any, box: Optional[Box] = None, tissue: Optional[np.ndarray] = None, tissue_down: float = 1.0
+        self,
+        source: Any,
+        box: Optional[Box] = None,
+        tissue: Optional[np.ndarray] = None,
+        tissue_down: float = 1.0,
+        organ: Optional[str] = None,
     ) -> RegionResult:
         """The nuclei of a level-0 box of an open source (the whole of it by default), tile by tile.
 
@@ -183,6 +220,7 @@ class NucleusSegmenter:
             box: (x0, y0, x1, y1) in level-0 pixels.
             tissue: bool tissue mask of the source's thumbnail; tiles without tissue are skipped (None: none are).
             tissue_down: level-0 pixels per thumbnail pixel.
+            organ: the tissue's organ, for the network's prompts (see :meth:`resolve_organ`).
 
         Raises:
             InputError: the region is smaller than :data:`MIN_SIDE` model pixels.
@@ -209,6 +247,7 @@ class NucleusSegmenter:
             ox, oy = (lx0 - x0) * scale, (ly0 - y0) * scale  # model-pixel position of the read window in the region
             keep = (core[1] - oy, core[0] - ox, core[3] - oy, core[2] - ox)
             windows.append(TileWindow(core, (lx0, ly0, lx1, ly1), out_shape, keep))
+        self.predictor.network = self._runner(self.resolve_organ(organ))
         progress = tqdm(total=len(windows), desc=source.path.name, unit="tile", disable=not self.progress, leave=False)
         for window, nuclei in self._run_tiles(source, windows):
             result.nuclei += nuclei
@@ -269,7 +308,12 @@ class NucleusSegmenter:
 
     # -- one input ------------------------------------------------------------------------------------------------
     def segment(
-        self, path: Union[str, os.PathLike], output_dir: Union[str, os.PathLike], mpp: Optional[float] = None, name: Optional[str] = None
+        self,
+        path: Union[str, os.PathLike],
+        output_dir: Union[str, os.PathLike],
+        mpp: Optional[float] = None,
+        name: Optional[str] = None,
+        organ: Optional[str] = None,
     ) -> Dict[str, Any]:
         """Segment one image or slide and write its files into ``output_dir/<name>/``; returns the summary.
 
@@ -278,6 +322,7 @@ class NucleusSegmenter:
             output_dir: the batch's output folder.
             mpp: microns per pixel of level 0, overriding the file's (images without it are assumed at the model's).
             name: output name (default: the file's stem).
+            organ: the input's organ (default: the segmenter's ``organ``), for the network's prompts.
 
         Raises:
             InputError: the input cannot be used (the message names it and the problem).
@@ -287,7 +332,8 @@ class NucleusSegmenter:
         source = open_source(path, mpp, default_mpp=self.model_mpp, max_pixels=self.max_image_pixels)
         thumb, thumb_down = source.thumbnail(OVERLAY_SIDE)
         tissue = tissue_mask(thumb)
-        region = self.segment_region(source, tissue=tissue, tissue_down=thumb_down)
+        prompts = self.resolve_organ(organ)
+        region = self.segment_region(source, tissue=tissue, tissue_down=thumb_down, organ=prompts)
         nuclei = region.nuclei
         name = name or source.path.stem
         out = Path(output_dir) / name
@@ -326,6 +372,8 @@ class NucleusSegmenter:
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "device": str(self.device),
             "weights": self.weights,
+            "organ": organ if organ is not None else self.organ,
+            "prompts": prompts,
             "files": {k: str(v) for k, v in files.items()},
         }
         if not nuclei:
@@ -335,17 +383,28 @@ class NucleusSegmenter:
         return summary
 
     # -- a batch --------------------------------------------------------------------------------------------------
-    def run(self, input_path: Union[str, os.PathLike], output_dir: Union[str, os.PathLike], mpp: Optional[float] = None) -> RunReport:
+    def run(
+        self,
+        input_path: Union[str, os.PathLike],
+        output_dir: Union[str, os.PathLike],
+        mpp: Optional[float] = None,
+        organ_csv: Optional[Union[str, os.PathLike]] = None,
+    ) -> RunReport:
         """Segment a file or every image and slide in a folder; a bad input is skipped and reported, the rest goes on.
 
         The output folder is checked first; ``<output_dir>/report.json`` (:mod:`bundle.pipeline.report`) is
         written after every input.
 
+        Args:
+            organ_csv: a CSV with ``id`` (file stem) or ``image`` (file name) and ``organ`` columns: each listed
+                input's organ (see :func:`bundle.data.datalists.read_organ_table`); the others get ``organ``.
+
         Raises:
-            InputError: a bad ``mpp``, the output folder is not writable, ``input_path`` does not exist, a folder
-                holds no input.
+            InputError: a bad ``mpp``, an unreadable ``organ_csv``, the output folder is not writable,
+                ``input_path`` does not exist, a folder holds no input.
         """
         mpp = check_mpp(mpp)
+        organs = read_organ_table(organ_csv) if organ_csv else {}
         check_output_dir(output_dir)
         report = RunReport(output_dir)
         try:
@@ -356,7 +415,7 @@ class NucleusSegmenter:
         report.add_ignored(ignored)
         for path, name in output_names(inputs).items():
             try:
-                report.add_written(self.segment(path, output_dir, mpp, name))
+                report.add_written(self.segment(path, output_dir, mpp, name, organs.get(Path(path).stem) or None))
             except InputError as e:
                 report.add_skipped(path, str(e))
             except OSError as e:

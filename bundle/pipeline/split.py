@@ -66,11 +66,12 @@ def split_instances(
     sigma: float = 3.0,
     distance: Optional[Any] = None,
     marker_height: float = 0.2,
+    distance_sigma: float = DISTANCE_SIGMA,
 ) -> np.ndarray:
     """Separate touching nuclei with a marker-controlled watershed inside the binary mask.
 
     With ``distance`` (the network's distance head): markers are the regional maxima of the predicted distance
-    (smoothed by a Gaussian of ``DISTANCE_SIGMA`` pixels) that rise at least ``marker_height`` above their
+    (smoothed by a Gaussian of ``distance_sigma`` pixels) that rise at least ``marker_height`` above their
     surroundings (h-maxima), flooded along the predicted distance. Without it: markers are the local
     maxima of the (Gaussian-smoothed) distance transform of the mask, at least ``min_distance`` pixels apart.
     Either way every connected component of the mask gets one marker at least.
@@ -85,6 +86,7 @@ def split_instances(
         distance: predicted normalised distance (H, W) or (1, H, W) in [0, 1] (array or tensor), or None.
         marker_height: h of the h-maxima markers, in normalised-distance units. The default 0.2 scored best by AJI
             on 8 MoNuSeg training images (``scripts/research/train_distance_head.py``).
+        distance_sigma: smoothing of the predicted distance before its h-maxima are taken, in pixels.
 
     Returns:
         int32 (H, W): 0 background, 1..N one label per nucleus.
@@ -100,7 +102,7 @@ def split_instances(
         energy = as_2d(distance, "distance").astype(np.float32)
         if energy.shape != mask.shape:
             raise ValueError(f"distance is {energy.shape[0]}x{energy.shape[1]}, prob is {mask.shape[0]}x{mask.shape[1]}")
-        smooth = ndimage.gaussian_filter(energy, DISTANCE_SIGMA) * mask
+        smooth = (ndimage.gaussian_filter(energy, distance_sigma) if distance_sigma > 0 else energy) * mask
         markers, _ = ndimage.label(h_maxima(smooth, marker_height) & mask)
     else:
         energy = ndimage.distance_transform_edt(mask)
@@ -133,6 +135,7 @@ class InstanceSplitter:
         min_distance: smallest distance between nucleus centres in model pixels (mask-only splitting).
         sigma: smoothing of the mask's distance transform in model pixels (mask-only splitting).
         marker_height: h-maxima height on the predicted distance (networks with a distance head).
+        distance_sigma: smoothing of the predicted distance before its h-maxima, in model pixels.
 
     Raises:
         ValueError: a threshold outside (0, 1), or a negative size, distance, sigma or height.
@@ -143,16 +146,19 @@ class InstanceSplitter:
     min_distance: int = 6
     sigma: float = 3.0
     marker_height: float = 0.2
+    distance_sigma: float = DISTANCE_SIGMA
 
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if min(self.min_size, self.min_distance, self.sigma, self.marker_height) < 0:
-            raise ValueError(f"min_size, min_distance, sigma and marker_height must be >= 0, got {self}")
+        if min(self.min_size, self.min_distance, self.sigma, self.marker_height, self.distance_sigma) < 0:
+            raise ValueError(f"min_size, min_distance, sigma, marker_height and distance_sigma must be >= 0, got {self}")
 
     def __call__(self, prob: Any, distance: Optional[Any] = None) -> np.ndarray:
         """int32 (H, W) instance labels of a probability map (H, W) and optional distance map (H, W)."""
-        return split_instances(prob, self.threshold, self.min_size, self.min_distance, self.sigma, distance, self.marker_height)
+        return split_instances(
+            prob, self.threshold, self.min_size, self.min_distance, self.sigma, distance, self.marker_height, self.distance_sigma
+        )
 
 
 class SplitNucleusChannelsd(MapTransform):

@@ -61,6 +61,7 @@ class _NucleusTask(InferTask):
     def __init__(self, path: str, conf: Dict[str, str], description: str) -> None:
         self.bundle_path = path
         self.variant = conf.get("variant", "full")
+        self.organ = conf.get("organ") or None  # the server's default organ; a request's "organ" overrides it
         config = load_config("inference", bundle_root=path, variant=self.variant)
         self.model_path = os.path.abspath(config.get_parsed_content("checkpoint"))
         metadata = config.get("_meta_", {})
@@ -86,7 +87,7 @@ class _NucleusTask(InferTask):
         Call with the task's lock held."""
         mtime = os.stat(self.model_path).st_mtime
         if self._segmenter is None:
-            overrides = {"progress": False, "checkpoint": self.model_path}
+            overrides = {"progress": False, "checkpoint": self.model_path, "organ": self.organ}
             config = load_config("inference", bundle_root=self.bundle_path, overrides=overrides, variant=self.variant)
             self._segmenter = config.get_parsed_content("segmenter")
         elif mtime != self._loaded_mtime:
@@ -120,7 +121,8 @@ class NucleusMaskInfer(_NucleusTask):
     """The pipeline on a whole image: its nucleus mask, instance TIFF or GeoJSON (request ``result_kind``).
 
     Request options: ``result_kind`` (``mask`` (default): PNG, 1 nucleus, 0 background; ``instances``: the uint32
-    instance TIFF; ``geojson``: QuPath detections), ``mpp`` (microns per pixel of the image).
+    instance TIFF; ``geojson``: QuPath detections), ``mpp`` (microns per pixel of the image), ``organ`` (e.g.
+    ``breast``, for the organ prompts; default: the server's ``--conf organ``, else unknown).
 
     Args:
         path: bundle directory.
@@ -136,7 +138,7 @@ class NucleusMaskInfer(_NucleusTask):
         output = request.get("result_kind") or "mask"
         if output not in self.OUTPUTS:
             raise HTTPException(status_code=422, detail=f"result_kind must be one of {', '.join(self.OUTPUTS)}, got {output!r}")
-        summary = self.segmenter().segment(path, tmp, request.get("mpp"), name="result")
+        summary = self.segmenter().segment(path, tmp, request.get("mpp"), name="result", organ=request.get("organ"))
         files = summary["files"]
         suffix = {"mask": ".png", "instances": ".tif", "geojson": ".geojson"}[output]
         result = tempfile.NamedTemporaryFile(suffix=suffix, delete=False).name
@@ -155,7 +157,7 @@ class NucleusPolygonInfer(_NucleusTask):
     """The pipeline on an image or a slide region: one polygon per nucleus, in level-0 pixels.
 
     Request options (MONAI Label's wsi_v2): ``location`` (level-0 x, y), ``size`` (width, height at ``level``;
-    the whole input when absent or zero), ``level``, ``output`` (``asap``, ``dsa`` or ``json``), ``mpp``.
+    the whole input when absent or zero), ``level``, ``output`` (``asap``, ``dsa`` or ``json``), ``mpp``, ``organ``.
 
     Args:
         path: bundle directory.
@@ -175,7 +177,7 @@ class NucleusPolygonInfer(_NucleusTask):
         source = open_source(path, request.get("mpp"), default_mpp=segmenter.model_mpp, max_pixels=segmenter.max_image_pixels)
         box = self._box(source, request)
         t_read = time.time()
-        nuclei = segmenter.segment_region(source, box).nuclei
+        nuclei = segmenter.segment_region(source, box, organ=request.get("organ")).nuclei
         t_infer = time.time()
         annotation = {
             "location": [box[0], box[1]],
