@@ -146,3 +146,10 @@ def test_unknown_variant_is_an_input_error():
 
     with pytest.raises(InputError, match="unknown model variant 'tiny'; known: full, compact"):
         load_config("inference", variant="tiny")
+
+
+def test_evaluation_splits_nuclei_as_inference_does():
+    """configs/evaluate.json scores the instances that configs/inference.json's splitter makes."""
+    evaluate = load_config(["train", "evaluate"])
+    infer = load_config("inference")
+    assert evaluate["splitter"] == infer["splitter"]

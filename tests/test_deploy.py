@@ -22,6 +22,7 @@ import torch
 import yaml
 from PIL import Image
 
+from bundle.networks.text_prior import embed_text_prior, embedded_text_prior
 from bundle.training.checkpoints import load_state_dict
 from bundle.config_io import config_path, load_config
 from tests.helpers import MONUSEG, ROOT, make_bad_image_folder, write_png_header_only
@@ -47,13 +48,17 @@ def export_model(path: Path) -> Path:
            "--ckpt_file", str(ROOT / "models" / "model.pt"), "--meta_file", str(config_path("metadata")),
            "--config_file", str(config_path("inference")), "--bundle_root", str(ROOT)]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=APP_TIMEOUT)
+    embed_text_prior(path, ROOT / "models" / "text_prior.pt")
     return path
 
 
 @pytest.fixture(scope="module")
 def model_ts(tmp_path_factory) -> Path:
-    """``models/model.ts`` when exported already (scripts/export_model_ts.sh), else a fresh export in a tmp dir."""
-    return MODEL_TS if MODEL_TS.is_file() else export_model(tmp_path_factory.mktemp("model") / "model.ts")
+    """``models/model.ts`` when exported already with its organ prompts (scripts/export_model_ts.sh), else a fresh
+    export in a tmp dir."""
+    if MODEL_TS.is_file() and embedded_text_prior(MODEL_TS) == (ROOT / "models" / "text_prior.pt").read_bytes():
+        return MODEL_TS
+    return export_model(tmp_path_factory.mktemp("model") / "model.ts")
 
 
 def run_app(input_path: Path, output: Path, model: Path, extra_env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
@@ -127,11 +132,11 @@ def test_app_yaml_passes_holoscan_cli_reader():
 
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory, model_ts):
-    """The app on the four MoNuSeg crops: (output folder, completed process)."""
+    """The app on the four MoNuSeg crops, given their organ as breast: (output folder, completed process)."""
     if not DEPLOY_PYTHON.exists():
         pytest.skip(f"{DEPLOY_PYTHON} missing: run scripts/setup_deploy_env.sh")
     out = tmp_path_factory.mktemp("deploy") / "out"
-    return out, run_app(MONUSEG / "images", out, model_ts)
+    return out, run_app(MONUSEG / "images", out, model_ts, {"GRUNET_ORGAN": "breast"})
 
 
 @needs_deploy_env
@@ -140,7 +145,7 @@ def test_app_on_sample_images_writes_every_output(sample_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for source in SAMPLES:
         summary = check_image_outputs(out, source)
-        assert summary["kind"] == "image"
+        assert summary["kind"] == "image" and summary["prompts"] == "breast"  # the prompts travel inside model.ts
     report = json.loads((out / "report.json").read_text())
     assert sorted(Path(s["input"]).name for s in report["written"]) == [p.name for p in SAMPLES]
     assert report["skipped"] == []

@@ -38,3 +38,25 @@ def test_summary_mean_and_pooled():
     assert s["pooled_dice"] == pytest.approx(2 * 18 / (2 * 18 + 1 + 2))
     assert s["num_images"] == 2
     assert summarize([]) == {}
+
+
+def test_instance_scores_count_ratio():
+    from bundle.evaluation.metrics import instance_scores
+
+    true = np.zeros((20, 20), np.int32)
+    true[2:6, 2:6], true[10:14, 10:14] = 1, 2
+    pred = true.copy()
+    pred[2:6, 4:6] = 3  # one true nucleus split in two
+    scores = instance_scores(true, pred)
+    assert (scores["n_true"], scores["n_pred"]) == (2, 3) and scores["count_ratio"] == pytest.approx(1.5)
+
+
+def test_summaries_by_group_and_without_pixel_counts():
+    from bundle.evaluation.metrics import summarize_groups
+
+    rows = [{"dataset": "a", "aji": 0.5, "n_true": 10, "n_pred": 12}, {"dataset": "a", "aji": 0.7, "n_true": 10, "n_pred": 8},
+            {"dataset": "b", "aji": 0.1, "n_true": 5, "n_pred": 10}, {"aji": 0.9, "n_true": 1, "n_pred": 1}]
+    groups = summarize_groups(rows, "dataset")
+    assert list(groups) == ["a", "b"] and groups["a"]["mean_aji"] == pytest.approx(0.6)
+    assert groups["a"]["pooled_count_ratio"] == pytest.approx(1.0) and groups["b"]["num_images"] == 1
+    assert "pooled_dice" not in summarize(rows)

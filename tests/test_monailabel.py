@@ -139,8 +139,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 process.wait(timeout=30)
 
 
-def infer_mask(server: Server, image_id: str) -> np.ndarray:
-    res = server.post(f"/infer/{MODEL}", params={"image": image_id, "output": "image"})
+def infer_mask(server: Server, image_id: str, **options) -> np.ndarray:
+    """The mask of a datastore image; ``options`` go into the request (MONAI Label's ``params`` form field)."""
+    res = server.post(f"/infer/{MODEL}", params={"image": image_id, "output": "image"}, data={"params": json.dumps(options)})
     assert res.status_code == 200, res.text
     return np.asarray(Image.open(io.BytesIO(res.content)))
 
@@ -159,6 +160,13 @@ def test_mask_inference_on_tile(server: Server) -> None:
     assert mask.shape == Image.open(image).size[::-1]
     assert set(np.unique(mask).tolist()) <= {0, 1}
     assert dice(mask > 0, gt_mask(image)) > 0.6  # right orientation, real nuclei
+
+
+def test_organ_in_the_request_reaches_the_network(server: Server) -> None:
+    image = IMAGES[0]
+    generic, breast = infer_mask(server, image.stem), infer_mask(server, image.stem, organ="breast")
+    assert breast.shape == generic.shape and not np.array_equal(breast, generic)  # the breast prompts, not the generic
+    np.testing.assert_array_equal(infer_mask(server, image.stem, organ="lung"), generic)  # unknown: the generic prompts
 
 
 @pytest.mark.parametrize("output", ["asap", "dsa"])
