@@ -124,9 +124,12 @@ def test_evaluate_writes_csv_json_and_logs_mlflow(trained, tmp_path):
     overrides = {**FAST, "dataset_dir": MONUSEG, "ckpt_dir": out / "models", "output_dir": tmp_path, "eval_split": "all"}
     bundle_run(["--config_file", "['configs/train.json','configs/evaluate.json']", *META, *cli_overrides(overrides), "--tracking", "mlflow"])
     rows = (tmp_path / "metrics.csv").read_text().strip().splitlines()
-    assert rows[0] == "image,tp,fp,fn,tn,dice,iou,precision,recall,aji,pq,dq,sq,f1" and len(rows) == 5
+    header = "image,dataset,organ,tp,fp,fn,tn,dice,iou,precision,recall,aji,pq,dq,sq,f1,count_ratio,n_true,n_pred"
+    assert rows[0] == header and len(rows) == 5
     summary = json.loads((tmp_path / "metrics_summary.json").read_text())
-    assert summary["num_images"] == 4
+    assert summary["num_images"] == 4 and summary["mean_count_ratio"] > 0
+    assert set(summary["by_dataset"]) == {"monuseg"} and set(summary["by_organ"]) == {"generic"}
+    assert summary["by_dataset"]["monuseg"]["mean_dice"] == pytest.approx(summary["mean_dice"])
     for key in ("mean_dice", "mean_iou", "mean_precision", "mean_recall", "pooled_dice", "mean_aji", "mean_pq", "mean_dq", "mean_sq", "mean_f1"):
         assert 0.0 <= summary[key] <= 1.0
     _, runs = mlflow_runs(f"sqlite:///{tmp_path}/mlruns.db")

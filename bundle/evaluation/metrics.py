@@ -277,14 +277,15 @@ class SegmentationReport:
         self.rows = []
 
     def _update(self, engine: Engine) -> None:
-        batch = engine.state.output
-        items = batch if isinstance(batch, list) else [batch]
-        for item in items:
+        output, data = engine.state.output, engine.state.batch  # decollated: one dict per image in each
+        items = output if isinstance(output, list) else [output]
+        sources = data if isinstance(data, list) else [data] * len(items)
+        for item, source in zip(items, sources):
             pred, label = item[self.pred_key], item[self.label_key]
             meta = getattr(pred, "meta", {}) or {}
             name = meta.get("filename_or_obj", f"image_{len(self.rows)}")
             counts = confusion_counts(pred, label)
-            row = {"image": Path(str(name)).name, **{k: item[k] for k in GROUP_KEYS if isinstance(item.get(k), str)}}
+            row = {"image": Path(str(name)).name, **{k: source[k] for k in GROUP_KEYS if isinstance(source.get(k), str)}}
             row.update({**counts, **scores_from_counts(counts)})
             if self.instances:
                 row.update(self._instance_scores(pred, label, item.get(self.distance_key)))
