@@ -320,5 +320,5 @@ def test_metadata_output_channels_match_the_network():
 
 def test_metadata_has_measured_evaluation_figures():
     metrics = json.loads(config_path("metadata").read_text())["eval_metrics"]
-    assert metrics["mean_dice"] == pytest.approx(0.787)
-    assert {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v == 0.0} == {}
+    assert {"mean_dice", "mean_aji", "mean_pq", "mean_f1", "tnbc_mean_dice"} <= set(metrics)
+    assert all(0.0 < v < 1.0 for v in metrics.values()), metrics
