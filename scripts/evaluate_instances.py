@@ -2,7 +2,7 @@
 
     python scripts/evaluate_instances.py --dataset_dir <monuseg>/train --output runs/instances.json
     python scripts/evaluate_instances.py --dataset_dir <monuseg>/train --split train --min_distance 4,8,12 --sigma 1,2
-    python scripts/evaluate_instances.py --configs configs/monuseg_tnbc.json --marker_height 0.1,0.2,0.3 \\
+    python scripts/evaluate_instances.py --configs configs/monuseg_tnbc.json --data_root <data> --marker_height 0.1,0.2,0.3 \\
         --distance_sigma 0,1,2 --min_size 10,30,60
 
 Uses ``configs/inference.json`` (network, weights, pre-processing, sliding-window inferer, each image's organ
@@ -63,6 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset_dir", default=None, help="a data set (or --configs)")
     parser.add_argument("--configs", action="append", default=[], help="training overlay whose datalists give the split, repeatable")
+    parser.add_argument("--data_root", default=None, help="the --configs overlays' data_root (folder holding monuseg/ and tnbc/)")
     parser.add_argument("--variant", default="full", help="model variant: full or compact")
     parser.add_argument("--split", default="validation", choices=["train", "validation"], help="which part of the split to score")
     parser.add_argument("--split_mode", default="random")
@@ -85,7 +86,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     overrides = {"tta": args.tta, **({"checkpoint": str(Path(args.model).resolve())} if args.model else {})}
     segmenter = load_config("inference", overrides=overrides, variant=args.variant).get_parsed_content("segmenter")
     if args.configs:
-        datalists = load_config(["train", *[str(Path(c).resolve()) for c in args.configs]]).get_parsed_content("datalists")
+        root = {"data_root": str(Path(args.data_root).resolve())} if args.data_root else {}
+        datalists = load_config(["train", *[str(Path(c).resolve()) for c in args.configs]], overrides=root).get_parsed_content("datalists")
     elif args.dataset_dir:
         datalists = make_split(args.dataset_dir, args.split_mode, args.val_fraction, seed=args.seed)
     else:

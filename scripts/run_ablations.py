@@ -2,7 +2,7 @@
 
     python scripts/run_ablations.py --dataset_dir <monuseg>/train --output_dir runs/ablations --epochs 10 \\
         --parallel 5 --override images_per_batch=2 --override crops_per_image=16
-    python scripts/run_ablations.py --configs configs/monuseg_tnbc.json --output_dir runs/ablations14 \\
+    python scripts/run_ablations.py --configs configs/monuseg_tnbc.json --override data_root=<data> --output_dir runs/ablations14 \\
         --variants compact,compact+constant_prior,compact+no_gdam,basicunet --eval_generic compact --epochs 10
 
 A variant is the full model or overlays joined by ``+``: ``compact`` (``configs/compact.json``) and one per file in

@@ -197,7 +197,7 @@ def test_organ_text_transform(prompts, item, generic_prob, expected):
 @pytest.mark.skipif(not (SHARED_DATA / "tnbc").is_dir(), reason="needs ../shared/data")
 def test_monuseg_tnbc_cohort_split():
     """MoNuSeg by image with its manifest's organs, TNBC by patient as breast: no patient on both sides."""
-    lists = load_config(["train", "monuseg_tnbc"]).get_parsed_content("datalists")
+    lists = load_config(["train", "monuseg_tnbc"], overrides={"data_root": str(SHARED_DATA)}).get_parsed_content("datalists")
     train, val = lists["train"], lists["validation"]
     assert len(train) + len(val) == 30 + 37
     tnbc_train = {i["group"] for i in train if i["dataset"] == "tnbc"}
