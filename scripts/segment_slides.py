@@ -2,22 +2,30 @@
 
     python scripts/segment_slides.py <slide.svs> -o outputs/wsi
     python scripts/segment_slides.py <folder of slides or images> -o outputs/wsi --mpp 0.5
+    torchrun --standalone --nproc_per_node=4 scripts/segment_slides.py <folder or cohort.csv> -o outputs/cohort --cohort
+
 
 The same pipeline and settings as ``python -m monai.bundle run --config_file configs/inference.json
 --input_path <path>`` (``segmenter`` in ``configs/inference.json``). Exit status (bundle.errors): 0 every input
 written, 1 nothing processed (one line on stderr), 2 some inputs skipped (named in ``report.json``).
+
+``--cohort``: the slides of a folder or CSV manifest (``path``, optional ``mpp`` and ``organ``) shared among the
+ranks of a ``torchrun`` job (or one process), resumable: each slide's folder appears complete or not at all, a
+rerun skips complete ones, and ``cohort.csv`` / ``cohort.json`` summarise the run (:mod:`bundle.cohort`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bundle.cohort import CohortRunner  # noqa: E402
 from bundle.config_io import load_config  # noqa: E402
 from bundle.errors import EXIT_ERROR, find_input_error  # noqa: E402
 from bundle.io.slides import check_mpp  # noqa: E402
@@ -27,7 +35,7 @@ logger = logging.getLogger("segment_slides")
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("input", help="a slide or image, or a folder of them")
+    parser.add_argument("input", help="a slide or image, or a folder of them (with --cohort also a CSV manifest)")
     parser.add_argument("-o", "--output_dir", default="outputs/wsi")
     parser.add_argument("--mpp", type=float, default=None, help="microns per pixel of level 0; overrides the file's value")
     parser.add_argument("--variant", default="full", help="model variant: full (models/model.pt) or compact (models/model_compact.pt)")
@@ -36,8 +44,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--organ", default=None, help="organ of the tissue, for the network's prompts (e.g. breast; default: unknown)")
     parser.add_argument("--organ_csv", default=None, help="CSV with id (or image) and organ columns: each input's organ")
     parser.add_argument("--tta", action="store_true", help="average the four flips of every tile (4x the time)")
+    parser.add_argument("--cohort", action="store_true", help="cohort job: shared among torchrun's ranks, resumable, cohort.csv")
+    parser.add_argument("--backend", default=None, help="with --cohort under torchrun: gloo or nccl (default: nccl with CUDA, else gloo)")
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not args.cohort:
+        print("error: launched with several ranks (WORLD_SIZE > 1): pass --cohort so that they share the slides", file=sys.stderr)
+        return EXIT_ERROR
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     overrides = {"progress": not args.no_progress, "tta": args.tta, "organ": args.organ}
     if args.model:
@@ -47,6 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         mpp = check_mpp(args.mpp)
         segmenter = load_config("inference", overrides=overrides, variant=args.variant).get_parsed_content("segmenter")
+        if args.cohort:
+            return report_cohort(CohortRunner(segmenter, args.backend).run(args.input, args.output_dir, mpp, args.organ_csv))
         report = segmenter.run(args.input, args.output_dir, mpp, args.organ_csv)
     except Exception as e:  # the config parser wraps errors in RuntimeError: report the user's problem inside
         found = find_input_error(e)
@@ -60,6 +75,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     for s in report.written:
         print(f"{s['input']}: {s['nucleus_count']} nuclei, {s['nuclei_per_mm2_tissue']} per mm2 of tissue, {s['seconds']} s -> {Path(s['files']['geojson']).parent}")
     return report.exit_status
+
+
+def report_cohort(result) -> int:
+    """Print a cohort run's failures and, on rank 0, its counts; the exit status."""
+    for record in result.records:
+        if record["status"] == "failed":
+            print(f"failed: {record['reason']}", file=sys.stderr)
+    if result.report is not None:
+        r = result.report
+        print(f"cohort: {r['counts']}, {r['nucleus_count']} nuclei, {r['wall_seconds']} s -> {Path(r['output_dir']) / 'cohort.csv'}")
+    return result.exit_status
 
 
 if __name__ == "__main__":

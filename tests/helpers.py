@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Dict
 
 import numpy as np
+import tifffile
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,8 +89,6 @@ def tiled_tissue(height: int, width: int) -> np.ndarray:
 
 def make_pipeline_cases(folder: Path) -> Dict[str, Path]:
     """One file per bad-input case of the pipeline (see tests/test_pipeline.py); returns the paths by case."""
-    import tifffile
-
     folder.mkdir(parents=True, exist_ok=True)
     rgb = sample_rgb()
     gray = np.asarray(Image.fromarray(rgb).convert("L"))
@@ -109,3 +108,15 @@ def make_pipeline_cases(folder: Path) -> Dict[str, Path]:
     tifffile.imwrite(paths["two_channel"], np.stack([gray, np.full_like(gray, 255)], -1), photometric="minisblack", extrasamples=["unassalpha"])
     tifffile.imwrite(paths["multipage_gray"], np.stack([gray, gray[::-1]]), photometric="minisblack")
     return paths
+
+
+def write_slide(path: Path, rgb: np.ndarray, mpp: float = 0.25, levels: int = 1, with_mpp: bool = True) -> Path:
+    """A tiled (pyramidal when ``levels`` > 1) TIFF that OpenSlide reads as a generic slide."""
+    res = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"} if with_mpp else {}
+    with tifffile.TiffWriter(path) as w:
+        for lv in range(levels):
+            step = 2**lv
+            level_res = {k: ((v[0] / step, v[1] / step) if k == "resolution" else v) for k, v in res.items()}
+            w.write(np.ascontiguousarray(rgb[::step, ::step]), tile=(128, 128), compression="zlib", photometric="rgb",
+                    subfiletype=1 if lv else 0, **level_res)
+    return path

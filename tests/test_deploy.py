@@ -25,7 +25,7 @@ from PIL import Image
 from bundle.networks.text_prior import embed_text_prior, embedded_text_prior
 from bundle.training.checkpoints import load_state_dict
 from bundle.config_io import config_path, load_config
-from tests.helpers import MONUSEG, ROOT, make_bad_image_folder, write_png_header_only
+from tests.helpers import MONUSEG, ROOT, make_bad_image_folder, write_png_header_only, write_slide
 
 DEPLOY_PYTHON = ROOT / ".venv-deploy" / "bin" / "python"
 APP = ROOT / "deploy" / "app.py"
@@ -155,13 +155,6 @@ def mosaic(size: int = 384) -> np.ndarray:
     tiles = [np.asarray(Image.open(p).convert("RGB")) for p in SAMPLES]
     grid = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
     return np.ascontiguousarray(grid[:size, :size])
-
-
-def write_slide(path: Path, rgb: np.ndarray, mpp: float = 0.25) -> Path:
-    """A tiled TIFF with its resolution, which OpenSlide opens as a generic slide."""
-    res = 1e4 / mpp
-    tifffile.imwrite(path, rgb, tile=(128, 128), compression="zlib", photometric="rgb", resolution=(res, res), resolutionunit="CENTIMETER")
-    return path
 
 
 @needs_deploy_env

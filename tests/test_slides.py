@@ -21,22 +21,10 @@ from bundle.io.writers import CSV_COLUMNS, nucleus_feature
 from bundle.pipeline.measure import measure_nuclei
 from bundle.io.slides import ImageSource, SlideReadError, SlideSource, open_source, tissue_mask
 from bundle.pipeline.segmenter import NucleusSegmenter
-from tests.helpers import ROOT, SHARED_DATA, first_sample
+from tests.helpers import ROOT, SHARED_DATA, first_sample, write_slide
 
 SAMPLE_RGB = read_rgb(first_sample())
 WHITE = 244
-
-
-def write_slide(path: Path, rgb: np.ndarray, mpp: float = 0.25, levels: int = 1, with_mpp: bool = True) -> Path:
-    """A tiled (pyramidal when ``levels`` > 1) TIFF that OpenSlide reads as a generic slide."""
-    res = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"} if with_mpp else {}
-    with tifffile.TiffWriter(path) as w:
-        for lv in range(levels):
-            step = 2**lv
-            level_res = {k: ((v[0] / step, v[1] / step) if k == "resolution" else v) for k, v in res.items()}
-            w.write(np.ascontiguousarray(rgb[::step, ::step]), tile=(128, 128), compression="zlib", photometric="rgb",
-                    subfiletype=1 if lv else 0, **level_res)
-    return path
 
 
 def mosaic() -> np.ndarray:

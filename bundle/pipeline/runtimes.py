@@ -72,7 +72,10 @@ class OpenVINONetwork(torch.nn.Module):
             model = openvino.convert_model(network.eval(), example_input=example, input=[(-1, 3, h, w)])
             try:
                 cached.parent.mkdir(parents=True, exist_ok=True)
-                openvino.save_model(model, str(cached), compress_to_fp16=False)
+                tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.xml")  # ranks of a cohort may convert at once
+                openvino.save_model(model, str(tmp), compress_to_fp16=False)
+                os.replace(tmp.with_suffix(".bin"), cached.with_suffix(".bin"))
+                os.replace(tmp, cached)  # the .xml last: once it is there, its .bin is complete
             except (OSError, RuntimeError) as e:
                 logger.warning("could not cache the OpenVINO model in %s (%s); it is converted again next time", cached.parent, e)
         self.source = cached
@@ -107,12 +110,12 @@ class ONNXRuntimeNetwork(torch.nn.Module):
         cached = Path(cache_dir or default_cache_dir("onnxruntime")) / f"{weights_key(network, (h, w))}.onnx"
         if not cached.is_file():
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
+            tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp")
             torch.onnx.export(
                 network.eval(), (torch.zeros(1, 3, h, w),), str(tmp), input_names=["image"], output_names=["logits"],
                 dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
             )
-            tmp.rename(cached)
+            os.replace(tmp, cached)
         self.source = cached
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(threads)

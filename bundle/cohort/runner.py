@@ -1,0 +1,179 @@
+"""Cohort inference: the slides of a folder or manifest shared among ``torchrun``'s ranks, resumable, summarised.
+
+    torchrun --standalone --nproc_per_node=4 scripts/segment_cohort.py cohort.csv -o outputs/cohort
+    torchrun --standalone --nproc_per_node=4 -m monai.bundle run \\
+        --config_file "['configs/inference.json','configs/cohort.json']" --input_path cohort.csv --output_dir outputs/cohort
+
+Rank 0 reads the cohort (:mod:`bundle.cohort.manifest`), weighs every slide from its header, removes what a
+killed run left half-written, and broadcasts the list; every rank takes its share (:func:`balanced_shards`, by
+size), and runs each slide through the one pipeline (:meth:`NucleusSegmenter.segment`) into a private partial
+folder that becomes ``<output_dir>/<name>/`` in one rename (:class:`SlideStore`). A slide whose folder is complete
+and verified is not redone; a slide that fails is recorded with its reason and the rank goes on. After every rank
+is done, rank 0 merges their records into ``cohort.csv`` and ``cohort.json`` (:mod:`bundle.cohort.summary`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from bundle.cohort.distributed import Ranks, join_ranks
+from bundle.cohort.manifest import CohortSlide, read_cohort
+from bundle.cohort.shard import balanced_shards
+from bundle.cohort.store import SlideStore, write_json_atomic
+from bundle.cohort.summary import merge_records, read_rank_records, write_summary
+from bundle.data.datalists import read_organ_table
+from bundle.errors import EXIT_OK, InputError
+from bundle.io.slides import check_mpp
+from bundle.pipeline.check import check_output_dir
+from bundle.pipeline.segmenter import NucleusSegmenter
+
+__all__ = ["CohortRunner", "CohortResult"]
+logger = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
+SUMMARY_KEYS = ("nucleus_count", "nuclei_per_mm2_tissue", "tissue_area_mm2", "megapixels_level0", "seconds", "peak_rss_mb")
+
+
+class CohortResult:
+    """What a rank did, and on rank 0 the merged report (``cohort.json``); :meth:`exit` ends the process with its
+    status (0: every slide complete; 2: some failed or were not processed)."""
+
+    def __init__(self, records: List[Dict[str, Any]], report: Optional[Dict[str, Any]]):
+        self.records, self.report = records, report
+
+    @property
+    def exit_status(self) -> int:
+        if self.report is not None:
+            return int(self.report["exit_status"])
+        return EXIT_OK if all(r["status"] != "failed" for r in self.records) else 2
+
+    def exit(self) -> None:
+        if self.exit_status != EXIT_OK:
+            raise SystemExit(self.exit_status)
+
+
+class CohortRunner:
+    """Segments a cohort of slides over the ranks of a ``torchrun`` job (or in one process).
+
+    Args:
+        segmenter: the pipeline (``segmenter`` of ``configs/inference.json``), on this rank's device.
+        backend: process group backend when the runner creates the group (None: NCCL with CUDA, else gloo).
+        timeout_minutes: how long ranks wait for each other at the end (the slowest rank's last slide).
+    """
+
+    def __init__(self, segmenter: NucleusSegmenter, backend: Optional[str] = None, timeout_minutes: float = 24 * 60):
+        self.segmenter = segmenter
+        self.backend, self.timeout_minutes = backend, timeout_minutes
+
+    def _plan(self, source: PathLike, output_dir: Path, mpp: Optional[float], organ_csv: Optional[PathLike]) -> Dict[str, Any]:
+        """Rank 0's part before the work: the cohort (named, weighed), partial folders of killed runs removed."""
+        check_output_dir(output_dir)
+        slides = read_cohort(source, self.segmenter.model_mpp)
+        organs = read_organ_table(organ_csv) if organ_csv else {}
+        for slide in slides:
+            slide.mpp = slide.mpp if slide.mpp is not None else mpp
+            slide.organ = slide.organ or organs.get(slide.path.stem) or None
+        store = SlideStore(output_dir)
+        left = store.clear_partials()
+        if left:
+            logger.warning("removed %d half-written slide folder(s) of an earlier run from %s", left, store.partial_root)
+        for old in store.work.glob("rank*.json*"):
+            old.unlink()
+        return {"slides": [asdict(s) for s in slides], "started": time.time()}
+
+    def run(
+        self,
+        source: PathLike,
+        output_dir: PathLike,
+        mpp: Optional[float] = None,
+        organ_csv: Optional[PathLike] = None,
+    ) -> CohortResult:
+        """Segment every slide of ``source`` that is not complete in ``output_dir`` yet; this rank's share.
+
+        Args:
+            source: a folder of slides and images, one file, or a CSV manifest (``path``, ``mpp``, ``organ``).
+            output_dir: the cohort's output folder (one subfolder per slide, ``cohort.csv``, ``cohort.json``).
+            mpp: microns per pixel of level 0 for slides without a manifest value (None: each file's).
+            organ_csv: organ per file stem (see :func:`bundle.data.datalists.read_organ_table`) for slides
+                without a manifest organ.
+
+        Raises:
+            InputError: on every rank, when rank 0 cannot read the cohort or write to ``output_dir``.
+        """
+        ranks = join_ranks(self.backend, self.timeout_minutes)
+        output_dir = Path(output_dir)
+        try:
+            plan: Dict[str, Any]
+            if ranks.rank == 0:
+                try:
+                    plan = self._plan(source, output_dir, check_mpp(mpp), organ_csv)
+                except InputError as e:
+                    plan = {"error": str(e)}
+            plan = ranks.broadcast(plan if ranks.rank == 0 else None)
+            if "error" in plan:
+                raise InputError(plan["error"])
+            slides = [CohortSlide(**{**s, "path": Path(s["path"])}) for s in plan["slides"]]
+            mine = balanced_shards([s.weight for s in slides], ranks.world_size)[ranks.rank]
+            records = self._run_share(SlideStore(output_dir), [slides[i] for i in mine], ranks)
+            ranks.barrier()
+            report = None
+            if ranks.rank == 0:
+                rows = merge_records(slides, read_rank_records(output_dir / "_cohort", ranks.world_size))
+                report = write_summary(output_dir, str(source), slides, rows, time.time() - plan["started"], ranks.world_size)
+                logger.info("cohort: %s -> %s", report["counts"], output_dir / "cohort.csv")
+            return CohortResult(records, report)
+        finally:
+            ranks.close()
+
+    def _run_share(self, store: SlideStore, slides: List[CohortSlide], ranks: Ranks) -> List[Dict[str, Any]]:
+        """Process this rank's slides in turn; one record per slide, appended to ``_cohort/rank<k>.jsonl``."""
+        log = store.work / f"rank{ranks.rank}.jsonl"
+        progress = {"rank": ranks.rank, "world_size": ranks.world_size, "host": socket.gethostname(), "pid": os.getpid(),
+                    "slides": len(slides), "done": 0, "failed": 0, "current": None, "started": time.time()}
+        records = []
+        for index, slide in enumerate(slides, start=1):
+            progress["current"] = str(slide.path)
+            write_json_atomic(store.work / f"rank{ranks.rank}.json", progress)
+            record = self._run_slide(store, slide, ranks.rank)
+            records.append(record)
+            with open(log, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            progress["done" if record["status"] != "failed" else "failed"] += 1
+            logger.info("rank %d/%d: slide %d/%d %s: %s%s", ranks.rank, ranks.world_size, index, len(slides), slide.name,
+                        record["status"], f" ({record['reason']})" if record.get("reason") else "")
+        progress["current"] = None
+        write_json_atomic(store.work / f"rank{ranks.rank}.json", progress)
+        return records
+
+    def _run_slide(self, store: SlideStore, slide: CohortSlide, rank: int) -> Dict[str, Any]:
+        """One slide: kept when already complete, else segmented and published; failures become a record."""
+        base = {"name": slide.name, "slide": str(slide.path), "rank": rank}
+        output = {"output": str(store.final_dir(slide))}
+        done = store.completed(slide)
+        if done is not None:
+            return {**base, **output, **{k: done.get(k) for k in SUMMARY_KEYS}, "rank": done.get("rank", ""), "status": "already_complete"}
+        if slide.problem:
+            return {**base, "status": "failed", "reason": slide.problem}
+        parent = store.partial_parent(slide, rank)
+        try:
+            summary = self.segmenter.segment(slide.path, parent, slide.mpp, slide.name, slide.organ)
+            record = store.publish(slide, parent, {"rank": rank, **{k: summary.get(k) for k in SUMMARY_KEYS}})
+        except InputError as e:
+            reason = str(e)
+        except OSError as e:
+            reason = f"{slide.path}: cannot write its outputs ({e.strerror or e})"
+        except MemoryError:
+            reason = f"{slide.path}: out of memory while segmenting it"
+        except Exception as e:  # noqa: BLE001 - one slide's failure must not stop the rank's other slides
+            logger.debug("traceback of %s", slide.path, exc_info=True)
+            reason = f"{slide.path}: {type(e).__name__}: {e}"
+        else:
+            return {**base, **output, **{k: record.get(k) for k in SUMMARY_KEYS}, "status": "written"}
+        store.discard(parent)
+        return {**base, "status": "failed", "reason": reason}
