@@ -358,3 +358,21 @@ def test_compact_variant_is_one_option_away(tmp_path, door):
 def test_unknown_variant_is_one_line(tmp_path):
     proc = run(segment_slides(first_sample(), "-o", tmp_path, "--variant", "tiny"))
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == "error: unknown model variant 'tiny'; known: full, compact"
+
+
+@pytest.mark.parametrize("runtime, package", [("openvino", "openvino"), ("onnxruntime", "onnxruntime")])
+def test_converted_runtime_takes_the_organ_prompts_as_an_input(tmp_path, monkeypatch, runtime, package):
+    """One conversion with the prompts as an input serves every organ (memory does not grow with organs), and
+    gives each organ's output of the eager network."""
+    pytest.importorskip(package)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    converted = load_config("inference", overrides={**LIGHT, "runtime": runtime}).get_parsed_content("segmenter")
+    eager = load_config("inference", overrides={**LIGHT, "runtime": "torch"}).get_parsed_content("segmenter")
+    eager.network.load_state_dict(converted.network.state_dict())
+    rgb = sample_rgb()[:128, :128]
+    for organ in (None, "breast", "colon", "kidney"):
+        (prob, distance), (expected, expected_distance) = converted.predict(rgb, organ), eager.predict(rgb, organ)
+        assert np.abs(prob - expected).max() < 1e-3 and np.abs(distance - expected_distance).max() < 1e-3, organ
+    networks = {id(runner.network) for runner in converted._runners.values()}
+    assert len(converted._runners) == 4 and networks == {id(converted._converted)}, "one converted network for every organ"
+    assert len(list((tmp_path / "grunet_nuclei" / runtime).glob("*.xml" if runtime == "openvino" else "*.onnx"))) == 1

@@ -9,6 +9,10 @@ network exported by ``torch.onnx.export`` the same way. Converted models are cac
 under ``$XDG_CACHE_HOME/grunet_nuclei/<runtime>`` (``~/.cache`` when unset), keyed by a hash of the weights and the
 window size, so later runs start in a fraction of a second. ``torch_compile`` compiles the eager network with
 inductor for the window shape on first use (minutes on 2 cores, not cached across runs).
+
+A text-conditioned network (GRU-Net's GdAM prompts) is converted once with the prompts as a second input,
+``text_shape`` (P, D): every organ's prompts then run through the same converted network (one compiled model in
+memory, not one per organ), called as ``runner(x, text)``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -33,13 +37,27 @@ def default_cache_dir(runtime: str = "openvino") -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "grunet_nuclei" / runtime
 
 
-def weights_key(network: torch.nn.Module, patch_size: Sequence[int]) -> str:
-    """A hash of the network's class, parameters and buffers, and the window size."""
-    digest = hashlib.sha256(f"{type(network).__name__}:{tuple(int(v) for v in patch_size)}".encode())
+def weights_key(network: torch.nn.Module, patch_size: Sequence[int], text_shape: Optional[Sequence[int]] = None) -> str:
+    """A hash of the network's class, parameters and buffers, the window size and the text input's shape."""
+    text = "" if text_shape is None else f":text{tuple(int(v) for v in text_shape)}"
+    digest = hashlib.sha256(f"{type(network).__name__}:{tuple(int(v) for v in patch_size)}{text}".encode())
     for name, tensor in network.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def _example_inputs(h: int, w: int, text_shape: Optional[Tuple[int, int]]) -> Tuple[tuple, list]:
+    """Example inputs for conversion and their shapes (batch dynamic): the window, and the text when there is one."""
+    if text_shape is None:
+        return (torch.zeros(1, 3, h, w),), [(-1, 3, h, w)]
+    p, d = (int(v) for v in text_shape)
+    return (torch.zeros(1, 3, h, w), torch.zeros(p, d)), [(-1, 3, h, w), (p, d)]
+
+
+def _numpy_inputs(x: torch.Tensor, text: Optional[torch.Tensor]) -> list:
+    inputs = [x.detach().cpu().float().contiguous().numpy()]
+    return inputs if text is None else inputs + [text.detach().cpu().float().contiguous().numpy()]
 
 
 class OpenVINONetwork(torch.nn.Module):
@@ -52,24 +70,30 @@ class OpenVINONetwork(torch.nn.Module):
         threads: CPU threads OpenVINO may use (0: its default).
         cache_dir: where converted models are kept (None: :func:`default_cache_dir`); an unwritable one only
             costs the conversion next time.
+        text_shape: (P, D) of the network's text input (None: an image-only network).
 
     Raises:
         ImportError: OpenVINO is not installed.
     """
 
     def __init__(
-        self, network: torch.nn.Module, patch_size: Sequence[int], threads: int = 0, cache_dir: Optional[Union[str, os.PathLike]] = None
+        self,
+        network: torch.nn.Module,
+        patch_size: Sequence[int],
+        threads: int = 0,
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        text_shape: Optional[Tuple[int, int]] = None,
     ):
         super().__init__()
         import openvino
 
         h, w = int(patch_size[0]), int(patch_size[1])
-        cached = Path(cache_dir or default_cache_dir()) / f"{weights_key(network, (h, w))}.xml"
+        cached = Path(cache_dir or default_cache_dir()) / f"{weights_key(network, (h, w), text_shape)}.xml"
         if cached.is_file():
             model = openvino.Core().read_model(str(cached))
         else:
-            example = torch.zeros(1, 3, h, w)
-            model = openvino.convert_model(network.eval(), example_input=example, input=[(-1, 3, h, w)])
+            example, shapes = _example_inputs(h, w, text_shape)
+            model = openvino.convert_model(network.eval(), example_input=example, input=shapes)
             try:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.xml")  # ranks of a cohort may convert at once
@@ -82,9 +106,10 @@ class OpenVINONetwork(torch.nn.Module):
         config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": int(threads)} if threads else {})}
         self.compiled = openvino.Core().compile_model(model, "CPU", config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, h, w) as converted. Returns logits (B, C, h, w) float32 on the CPU."""
-        return torch.from_numpy(self.compiled(x.detach().cpu().float().contiguous().numpy())[0])
+    def forward(self, x: torch.Tensor, text: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (B, 3, h, w) as converted; text: (P, D) when converted with a text input. Returns logits (B, C, h, w)
+        float32 on the CPU."""
+        return torch.from_numpy(self.compiled(_numpy_inputs(x, text))[0])
 
 
 class ONNXRuntimeNetwork(torch.nn.Module):
@@ -95,24 +120,32 @@ class ONNXRuntimeNetwork(torch.nn.Module):
         patch_size: (height, width) of the windows it will be called on (the batch size may vary).
         threads: intra-op threads (0: ONNX Runtime's default).
         cache_dir: where exported models are kept (None: :func:`default_cache_dir`).
+        text_shape: (P, D) of the network's text input (None: an image-only network).
 
     Raises:
         ImportError: ONNX Runtime is not installed.
     """
 
     def __init__(
-        self, network: torch.nn.Module, patch_size: Sequence[int], threads: int = 0, cache_dir: Optional[Union[str, os.PathLike]] = None
+        self,
+        network: torch.nn.Module,
+        patch_size: Sequence[int],
+        threads: int = 0,
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        text_shape: Optional[Tuple[int, int]] = None,
     ):
         super().__init__()
         import onnxruntime
 
         h, w = int(patch_size[0]), int(patch_size[1])
-        cached = Path(cache_dir or default_cache_dir("onnxruntime")) / f"{weights_key(network, (h, w))}.onnx"
+        cached = Path(cache_dir or default_cache_dir("onnxruntime")) / f"{weights_key(network, (h, w), text_shape)}.onnx"
+        self.input_names = ["image"] + ([] if text_shape is None else ["text"])
         if not cached.is_file():
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp")
+            example, _ = _example_inputs(h, w, text_shape)
             torch.onnx.export(
-                network.eval(), (torch.zeros(1, 3, h, w),), str(tmp), input_names=["image"], output_names=["logits"],
+                network.eval(), example, str(tmp), input_names=self.input_names, output_names=["logits"],
                 dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
             )
             os.replace(tmp, cached)
@@ -122,13 +155,18 @@ class ONNXRuntimeNetwork(torch.nn.Module):
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = onnxruntime.InferenceSession(str(cached), options, providers=["CPUExecutionProvider"])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, h, w) as exported. Returns logits (B, C, h, w) float32 on the CPU."""
-        return torch.from_numpy(self.session.run(None, {"image": x.detach().cpu().float().contiguous().numpy()})[0])
+    def forward(self, x: torch.Tensor, text: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (B, 3, h, w) as exported; text: (P, D) when exported with a text input. Returns logits (B, C, h, w)
+        float32 on the CPU."""
+        return torch.from_numpy(self.session.run(None, dict(zip(self.input_names, _numpy_inputs(x, text))))[0])
 
 
-def network_for_runtime(network: torch.nn.Module, runtime: str, patch_size: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+def network_for_runtime(
+    network: torch.nn.Module, runtime: str, patch_size: Sequence[int], text_shape: Optional[Tuple[int, int]] = None
+) -> Callable[..., torch.Tensor]:
     """``network`` itself (``"torch"``), compiled (``"torch_compile"``), or converted (``"openvino"``, ``"onnxruntime"``).
+
+    With ``text_shape`` (P, D), the converted network takes the prompts as a second input: ``runner(x, text)``.
 
     Raises:
         ValueError: an unknown runtime, or a converting runtime for a TorchScript network.
@@ -143,5 +181,5 @@ def network_for_runtime(network: torch.nn.Module, runtime: str, patch_size: Sequ
     if runtime == "torch_compile":
         return torch.compile(network, dynamic=False)
     if runtime == "onnxruntime":
-        return ONNXRuntimeNetwork(network, patch_size, torch.get_num_threads())
-    return OpenVINONetwork(network, patch_size, torch.get_num_threads())
+        return ONNXRuntimeNetwork(network, patch_size, torch.get_num_threads(), text_shape=text_shape)
+    return OpenVINONetwork(network, patch_size, torch.get_num_threads(), text_shape=text_shape)

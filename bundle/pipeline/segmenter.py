@@ -152,6 +152,7 @@ class NucleusSegmenter:
             self._load_state(load_state_dict(checkpoint), checkpoint)
         self.prompts = OrganPrompts(text_prior_file) if text_prior_file is not None and uses_text(self.network) else None
         self.organ = organ
+        self._converted: Optional[Callable[..., torch.Tensor]] = None  # the network in the runtime, made once
         self._runners: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}  # per organ prompts, made on first use
         self.predictor = TilePredictor(self._runner(GENERIC), inferer, self.device, patch_size, amp, stain_normalizer, channels_last)
         self.splitter = splitter
@@ -173,6 +174,7 @@ class NucleusSegmenter:
         self._load_state(load_state_dict(checkpoint), checkpoint)
         self.weights = str(checkpoint)
         if self.runtime in CONVERTING_RUNTIMES:  # a converted network holds its own copy of the weights
+            self._converted = None
             self._runners.clear()
             self.predictor.network = self._runner(GENERIC)
 
@@ -183,11 +185,17 @@ class NucleusSegmenter:
         return GENERIC if self.prompts is None else self.prompts.resolve(organ)
 
     def _runner(self, prompts: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The network with the prompts of ``prompts`` (a resolved organ), in the runtime; made once per organ (a
-        converting runtime converts, and caches, each organ's network)."""
+        """The network in the runtime with the prompts of ``prompts`` (a resolved organ). The network is converted
+        (or compiled) once, with the prompts as an input when it has organ prompts, and every organ shares it, so
+        memory does not grow with the number of organs."""
+        if self._converted is None:
+            text_shape = None if self.prompts is None else tuple(self.network.text_prior.shape)
+            self._converted = network_for_runtime(self.network, self.runtime, self.patch_size, text_shape)
+        if self.prompts is None:
+            return self._converted
         if prompts not in self._runners:
-            network = self.network if prompts == GENERIC or self.prompts is None else PromptedNetwork(self.network, self.prompts.text(prompts))
-            self._runners[prompts] = network_for_runtime(network.to(self.device), self.runtime, self.patch_size)
+            text = self.network.text_prior if prompts == GENERIC else self.prompts.text(prompts)
+            self._runners[prompts] = PromptedNetwork(self._converted, text).to(self.device)
         return self._runners[prompts]
 
     def _load_state(self, state: Dict[str, torch.Tensor], checkpoint: Union[str, os.PathLike]) -> None:

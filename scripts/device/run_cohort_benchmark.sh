@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# On the device machine: install the carried wheels (scripts/device/prepare.sh), then measure cohort throughput
+# (scripts/benchmark_cohort.py: synthetic pyramidal slides, one rank per GPU, bf16, 2048-pixel tiles whose windows
+# run in batches of 64, 8 tile workers reading ahead and splitting behind) for at most BUDGET seconds (default 300).
+#   command: scripts/device/run_cohort_benchmark.sh     carry: ["runs/device"]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-runs/device/out}"
+mkdir -p "$OUT"
+python -m pip install -q --no-index --find-links runs/device/wheels monai pytorch-ignite scikit-image shapely tifffile \
+    tqdm fire openslide-python openslide-bin 2>&1 | tail -3
+NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
+HF_HUB_OFFLINE=1 timeout "${BUDGET:-300}" python scripts/benchmark_cohort.py --output_dir "$OUT/cohort" --device cuda \
+    --nproc "1$( [ "$NGPU" -gt 1 ] && echo ",$NGPU" )" --threads 16 --variant full --sizes 24576,16384,16384,12288 \
+    --tissue_tiles 64 --tile_size 2048 --sw_batch_size 64 --tile_workers 8 "$@" 2>&1 | tee "$OUT/cohort_log.txt"
+cp "$OUT/cohort/results.jsonl" "$OUT/cohort_results.jsonl" 2>/dev/null
+rm -rf "$OUT/cohort"  # slides and per-nucleus files: large, not needed
