@@ -15,8 +15,13 @@ __all__ = ["BUNDLE_ROOT", "MODEL_VARIANTS", "config_path", "variant_overlays", "
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 PathLike = Union[str, os.PathLike]
-# model variant -> the config overlays that select it (network size and weight file), merged after the base configs
-MODEL_VARIANTS = {"full": (), "compact": ("compact",)}
+# model variant -> the config overlays that select it (network and weight file), merged after the base configs:
+# the shipped GRU-Net, the compact one, and the alternative networks of configs/networks
+MODEL_VARIANTS = {
+    "full": (),
+    "compact": ("compact",),
+    **{p.stem: (f"networks/{p.name}",) for p in sorted((BUNDLE_ROOT / "configs" / "networks").glob("*.json"))},
+}
 
 
 def variant_overlays(variant: str) -> List[str]:

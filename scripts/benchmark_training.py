@@ -34,6 +34,7 @@ from bundle.data.targets import NucleusTargetsd  # noqa: E402
 from bundle.networks import count_parameters  # noqa: E402
 
 ABLATIONS_DIR = "configs/ablations"
+NETWORKS_DIR = "configs/networks"
 FULL = "full"
 COMPACT = "compact"
 BASELINE = "basicunet"
@@ -43,10 +44,10 @@ OPTIONS = {"fp32": (False, False), "channels_last": (True, False), "bf16_channel
 
 def ablation_variants(root: Path = BUNDLE_ROOT) -> Dict[str, List[str]]:
     """``{"full": [], "compact": ["configs/compact.json"], <overlay stem>: ["configs/ablations/<stem>.json"], ...}``:
-    the full model, the compact one, then one variant per overlay file in ``configs/ablations`` (sorted by name);
-    paths relative to the bundle root."""
-    overlays = sorted((Path(root) / ABLATIONS_DIR).glob("*.json"))
-    return {FULL: [], COMPACT: [f"configs/{COMPACT}.json"], **{p.stem: [f"{ABLATIONS_DIR}/{p.name}"] for p in overlays}}
+    the full model, the compact one, then one variant per overlay file in ``configs/ablations`` and in
+    ``configs/networks`` (the alternative networks), sorted by name; paths relative to the bundle root."""
+    overlays = sorted((Path(root) / ABLATIONS_DIR).glob("*.json")) + sorted((Path(root) / NETWORKS_DIR).glob("*.json"))
+    return {FULL: [], COMPACT: [f"configs/{COMPACT}.json"], **{p.stem: [str(p.relative_to(root))] for p in overlays}}
 
 
 VARIANTS = ablation_variants()
@@ -69,8 +70,10 @@ def width_overrides(variant: str, width: Optional[int]) -> Dict[str, object]:
     """
     if width is None:
         return {}
-    if _replaces_network(variant):
+    if variant == BASELINE:
         return {"network_def#features": [width * m for m in (1, 2, 4, 8, 16, 1)]}
+    if _replaces_network(variant):
+        raise ValueError(f"a width applies to GRU-Net variants and {BASELINE}; {variant!r} keeps its overlay's sizes")
     return {"network_def#features": width, "network_def#cdrb_units": 2}
 
 

@@ -111,12 +111,18 @@ def test_ckpt_export_gives_torchscript_matching_the_checkpoint(tmp_path):
         assert torch.allclose(scripted(x), net(x), atol=1e-5)
 
 
+NETWORK_CLASSES = {"basicunet": "BasicUNet", "unet_sharp": "UNetSharp", "eunet3plus": "EUNet3Plus", "eunet3plus_fusion": "EUNet3Plus"}
+
+
 @parameterized.expand([(name, overlays) for name, overlays in ABLATIONS.items()])
 def test_ablation_overlays_resolve_network_and_tracked_params(name, overlays):
-    """Every ablation builds its network and the network params logged to MLflow (BasicUNet has no GRU-Net kwargs)."""
-    parser = load_config(["train", *[str(ROOT / p) for p in overlays]], overrides=width_overrides(name, 8))
-    params = {k: parser.get_parsed_content(f"tracked_params#{k}") for k in ("network", "features", "skip", "gdam", "gate", "cdrb_units")}
-    assert params["network"] == ("BasicUNet" if name == "basicunet" else "GRUNet")
+    """Every ablation and alternative network builds its network and the network params logged to MLflow (each
+    network logs its own kwargs)."""
+    width = 8 if name in ("full", "compact", "basicunet") or "GRUNet" in str(load_config(["train", *overlays])["network_def"]) else None
+    parser = load_config(["train", *[str(ROOT / p) for p in overlays]], overrides=width_overrides(name, width))
+    assert parser.get_parsed_content("tracked_params#network") == NETWORK_CLASSES.get(name, "GRUNet")
+    params = parser.get_parsed_content("network_params")
+    assert params and all(v is not None for v in params.values())
     assert isinstance(parser.get_parsed_content("network_def"), torch.nn.Module)
 
 
@@ -144,7 +150,7 @@ def test_training_a_variant_saves_its_weight_file():
 def test_unknown_variant_is_an_input_error():
     from bundle.errors import InputError
 
-    with pytest.raises(InputError, match="unknown model variant 'tiny'; known: full, compact"):
+    with pytest.raises(InputError, match="unknown model variant 'tiny'; known: full, compact, eunet3plus, eunet3plus_fusion, unet_sharp"):
         load_config("inference", variant="tiny")
 
 

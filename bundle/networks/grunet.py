@@ -5,7 +5,7 @@ Reference-faithful (``reference=True``) or corrected (default). See ``docs/READM
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -221,6 +221,14 @@ class GRUNet(nn.Module):
                 f"GRUNet needs spatial sides that are multiples of {self.divisor}, got {x.shape[2]} x {x.shape[3]}"
             )
 
+    def encode(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """The encoder levels [(B, C_i, H / 2**i, W / 2**i) for i < 4] and the bottleneck (B, C_4, H / 16, W / 16)."""
+        self._check_input(x)
+        enc: List[torch.Tensor] = [self.stem(x)]
+        for stage in self.encoder:
+            enc.append(stage(enc[-1]))
+        return enc, self.bottleneck(enc[-1])
+
     def forward(self, x: torch.Tensor, text: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (B, out_channels[+1], H, W) of x (B, in_channels, H, W), H and W multiples of 16.
 
@@ -228,12 +236,7 @@ class GRUNet(nn.Module):
         e.g. an organ's from :class:`bundle.networks.text_prior.OrganPrompts`; None: the ``text_prior`` buffer.
         Ignored without GdAM.
         """
-        self._check_input(x)
-        x0 = self.stem(x)
-        enc: List[torch.Tensor] = [x0]
-        for stage in self.encoder:
-            enc.append(stage(enc[-1]))
-        u = self.bottleneck(enc[-1])
+        enc, u = self.encode(x)
 
         skips: List[torch.Tensor] = []
         for i, skip in enumerate(self.skips):
