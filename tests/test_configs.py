@@ -111,7 +111,7 @@ def test_ckpt_export_gives_torchscript_matching_the_checkpoint(tmp_path):
         assert torch.allclose(scripted(x), net(x), atol=1e-5)
 
 
-NETWORK_CLASSES = {"basicunet": "BasicUNet", "unet_sharp": "UNetSharp", "eunet3plus": "EUNet3Plus", "eunet3plus_fusion": "EUNet3Plus"}
+NETWORK_CLASSES = {"basicunet": "BasicUNet", "unet_sharp": "UNetSharp", "eunet3plus": "EUNet3Plus", "eunet3plus_fusion": "EUNet3Plus", "da_refinenet": "DARefineNet"}
 
 
 @parameterized.expand([(name, overlays) for name, overlays in ABLATIONS.items()])

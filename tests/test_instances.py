@@ -122,11 +122,38 @@ def test_hand_computed_merge():
     truth = np.array([[1, 1, 2, 2], [1, 1, 2, 2]])
     pred = np.ones((2, 4), int) * 7  # one prediction covering both nuclei, arbitrary id
     o = instance_overlaps(truth, pred)
-    assert o["inter"].tolist() == [[4], [4]] and o["union"].tolist() == [[8], [8]]
+    assert o["true"].tolist() == [0, 1] and o["pred"].tolist() == [0, 0]
+    assert o["inter"].tolist() == [4, 4] and o["union"].tolist() == [8, 8]
     assert aggregated_jaccard_index(truth, pred) == pytest.approx(8 / 16)
     pq = panoptic_quality(truth, pred)
     assert (pq["tp"], pq["fp"], pq["fn"], pq["pq"]) == (0, 1, 2, 0.0)
     assert detection_f1(truth, pred) == pytest.approx(2 / 3)  # centroid (0.5, 1.5) lies in one nucleus
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_panoptic_quality_counts_as_monai_does(seed):
+    """The sparse PQ equals MONAI's ``compute_panoptic_quality`` on split real nuclei (and random over-splits)."""
+    from monai.metrics import compute_panoptic_quality
+
+    truth = _shipped_instances()
+    rng = np.random.default_rng(seed)
+    pred = np.roll(truth, seed, axis=0) * (rng.random(truth.max() + 1) > 0.2)[np.roll(truth, seed, axis=0)]
+    pred = np.where((pred > 0) & (rng.random(pred.shape) < 0.3), pred + truth.max(), pred)  # fragments
+    counts = compute_panoptic_quality(torch.as_tensor(pred.astype(np.int64)), torch.as_tensor(truth.astype(np.int64)),
+                                      match_iou_threshold=0.5, output_confusion_matrix=True)
+    tp, fp, fn, iou_sum = (float(v) for v in counts[:4])
+    ours = panoptic_quality(truth, pred)
+    assert (ours["tp"], ours["fp"], ours["fn"]) == (tp, fp, fn)
+    assert ours["sq"] * ours["tp"] == pytest.approx(iou_sum, rel=1e-6)
+
+
+def test_metrics_memory_follows_pixels_not_instance_counts():
+    """50,000 one-pixel predictions against 50,000 true ones: a dense pair table would need 20 GB."""
+    side = 500
+    truth = np.arange(1, side * side + 1).reshape(side, side) * (np.indices((side, side)).sum(0) % 5 == 0)
+    pred = np.roll(truth, 1, axis=1)
+    assert truth.max() > 40000 and 0.0 <= aggregated_jaccard_index(truth, pred) <= 1.0
+    assert panoptic_quality(truth, pred)["tp"] == 0
 
 
 def test_instance_shape_mismatch():

@@ -1,5 +1,6 @@
-"""The alternative networks (U-Net#, eU-Net3+ with and without fusion) and their blocks: shapes, TorchScript,
-frozen foundation encoders, the Focal Tversky loss, and the overlays that select them everywhere."""
+"""The alternative networks (U-Net#, eU-Net3+ with and without fusion, DA-RefineNet) and their blocks: shapes,
+TorchScript, frozen foundation encoders, the Focal Tversky loss, context views, and the overlays that select them
+everywhere."""
 
 from __future__ import annotations
 
@@ -9,19 +10,23 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 from parameterized import parameterized
 
 from bundle.config_io import MODEL_VARIANTS, load_config
 from bundle.errors import InputError
-from bundle.networks import EUNet3Plus, GRUNet, UNetSharp
+from bundle.data.transforms import RandContextCropd, RandHEDJitter, context_view
+from bundle.io.slides import open_source, read_region_padded
+from bundle.networks import DARefineNet, EUNet3Plus, GRUNet, UNetSharp
+from bundle.pipeline.inferers import ContextWindowInferer, FlipTTAInferer, context_inferer
 from bundle.networks.eunet3plus import EnhancedFusionBlock
 from bundle.networks.foundation import GRUNetEncoder, SAMImageEncoder
 from bundle.networks.full_scale import ConvNormAct, FullScaleDecoder
 from bundle.training.checkpoints import load_state_dict
 from bundle.training.losses import FocalTverskyLoss, NucleusLoss
-from tests.helpers import ROOT, first_sample
+from tests.helpers import ROOT, first_sample, tiled_tissue, write_slide
 
 ENCODER = [8, 16, 32, 64, 128]
 
@@ -59,10 +64,12 @@ def test_full_scale_decoder_shapes_and_torchscript(cat, act, attention, side, ex
     ("UNetSharp", {"cat_channels": 8, "aspp_channels": 16, "attention": False}, (2, 3, 64, 96), (2, 2, 64, 96)),
     ("EUNet3Plus", {"features": [4, 8, 16, 32, 64], "cat_channels": 4}, (2, 3, 64, 48), (2, 2, 64, 48)),
     ("EUNet3Plus", {"features": [4, 8, 16, 32, 64], "cat_channels": 4, "foundation": "small", "heads": 2}, (1, 3, 64, 64), (1, 2, 64, 64)),
+    ("DARefineNet", {"channels": [32, 16, 16, 16]}, (2, 6, 64, 64), (2, 2, 64, 64)),
+    ("DARefineNet", {"channels": [16, 16, 8, 8], "layers": [2, 2, 2, 2], "context_scale": 2}, (1, 6, 96, 64), (1, 2, 96, 64)),
 ])
 def test_network_shapes_and_torchscript_round_trip(name, kwargs, input_shape, expected):
     kwargs = {**kwargs, **({"foundation": small_foundation()} if kwargs.get("foundation") == "small" else {})}
-    net = {"UNetSharp": UNetSharp, "EUNet3Plus": EUNet3Plus}[name](**kwargs).eval()
+    net = {"UNetSharp": UNetSharp, "EUNet3Plus": EUNet3Plus, "DARefineNet": DARefineNet}[name](**kwargs).eval()
     x = torch.rand(input_shape)
     with torch.no_grad():
         out = net(x)
@@ -76,9 +83,11 @@ def test_network_shapes_and_torchscript_round_trip(name, kwargs, input_shape, ex
 @parameterized.expand([
     ("UNetSharp", {}, (1, 3, 48, 64), "multiples of 32"),
     ("EUNet3Plus", {"features": [4, 8, 16, 32, 64]}, (1, 3, 40, 64), "multiples of 16"),
+    ("DARefineNet", {}, (1, 3, 64, 64), "the window and its context view"),
+    ("DARefineNet", {}, (1, 6, 48, 64), "multiples of 32"),
 ])
 def test_network_refuses_sides_it_cannot_halve(name, kwargs, input_shape, message):
-    net = {"UNetSharp": UNetSharp, "EUNet3Plus": EUNet3Plus}[name](**kwargs)
+    net = {"UNetSharp": UNetSharp, "EUNet3Plus": EUNet3Plus, "DARefineNet": DARefineNet}[name](**kwargs)
     with pytest.raises(ValueError, match=message):
         net(torch.rand(input_shape))
 
@@ -144,8 +153,70 @@ def test_focal_tversky_penalises_misses_more_than_false_alarms():
     assert both > loss(miss, target), "the distance term is added"
 
 
+# -- context views (DA-RefineNet) -------------------------------------------------------------------------------------
+@parameterized.expand([
+    # image side, window, scale, window origin
+    (160, 64, 4, (0, 0)),
+    (160, 64, 4, (96, 48)),
+    (200, 32, 2, (168, 100)),
+])
+def test_context_windows_see_the_views_training_sees(side, roi, scale, origin):
+    """Every window of the inferer gets the view :func:`context_view` gives the training crop at its place."""
+    x = torch.rand(1, 3, side, side)
+    inferer = ContextWindowInferer((roi, roi), sw_batch_size=64, overlap=0.0, context_scale=scale)
+    seen = []
+    inferer(x, lambda t: seen.append(t.clone()) or t[:, :2].clone())  # MONAI scales the output in place
+    windows = torch.cat(seen)
+    starts = [(y, xx) for y in range(0, side - roi + 1, roi) for xx in range(0, side - roi + 1, roi)]
+    if origin in starts:
+        view = windows[starts.index(origin), 3:]
+        assert torch.allclose(view, context_view(x[0], origin[0], origin[1], (roi, roi), scale), atol=1e-6)
+    assert windows.shape[1] == 6 and torch.equal(windows[0, :3], x[0, :, :roi, :roi])
+
+
+def test_rand_context_crop_stacks_window_and_view():
+    image, label = torch.rand(3, 200, 180), torch.zeros(2, 200, 180)
+    label[:, 80:120, 60:100] = 1
+    crop = RandContextCropd(["image", "label"], "label", (64, 64), context_scale=4, pos=1, neg=0, num_samples=3)
+    crop.set_random_state(0)
+    out = crop({"image": image, "label": label})
+    assert len(out) == 3 and all(o["image"].shape == (6, 64, 64) and o["label"].shape == (2, 64, 64) for o in out)
+    assert all(o["label"][0].sum() > 0 for o in out), "positive crops hold nuclei"
+    assert FlipTTAInferer(ContextWindowInferer((64, 64)), flips=None).inferer is not None
+
+
+def test_hed_jitter_gives_every_view_the_same_draw():
+    rgb = torch.rand(3, 16, 16) * 0.6 + 0.2
+    jitter = RandHEDJitter(prob=1.0, sigma=0.3, bias=0.05)
+    jitter.set_random_state(1)
+    both = jitter(torch.cat([rgb, rgb]))
+    assert both.shape == (6, 16, 16) and torch.allclose(both[:3], both[3:]) and not torch.allclose(both[:3], rgb)
+
+
+def test_slide_tiles_read_their_context_from_the_slide(tmp_path):
+    rgb = tiled_tissue(600, 700)
+    source = open_source(write_slide(tmp_path / "s.tif", rgb))
+    inside = read_region_padded(source, (100, 50, 300, 250), (100, 100))
+    assert np.array_equal(inside, source.read_region(100, 50, 200, 200, (100, 100)))
+    beyond = read_region_padded(source, (-100, -50, 300, 250), (150, 200))
+    assert beyond.shape == (150, 200, 3) and np.array_equal(beyond[:25, 50:], np.repeat(beyond[25:26, 50:], 25, 0)), "edge repeated"
+    segmenter = load_config("inference", overrides={"checkpoint": None, "progress": False, "runtime": "torch", "tile_size": 256,
+                                                    "patch_size": [128, 128]}, variant="da_refinenet").get_parsed_content("segmenter")
+    inferer = context_inferer(segmenter.predictor.inferer)
+    assert isinstance(inferer, ContextWindowInferer) and inferer.margin() == (192, 192)
+    from bundle.pipeline.segmenter import TileWindow
+
+    window = TileWindow((256, 256, 512, 512), (192, 192, 576, 576), (384, 384), (64, 64, 320, 320))
+    tile, canvas = segmenter._read_tile(source, window)
+    assert tile.shape == (384, 384, 3) and canvas.shape == (*inferer.canvas_shape(384, 384), 3)
+    expected = source.read_region(0, 0, 700, 600, (150, 175))  # the canvas (0..768 of level 0) lies inside the slide here
+    assert np.abs(canvas[:150, :175].astype(int) - expected.astype(int)).mean() < 8
+    plain = load_config("inference", overrides={"checkpoint": None, "progress": False}).get_parsed_content("segmenter")
+    assert plain._read_tile(source, window)[1] is None
+
+
 # -- every entry point by one overlay --------------------------------------------------------------------------------
-NETWORKS = ["unet_sharp", "eunet3plus", "eunet3plus_fusion"]
+NETWORKS = ["unet_sharp", "eunet3plus", "eunet3plus_fusion", "da_refinenet"]
 
 
 @parameterized.expand([(v,) for v in NETWORKS])
@@ -181,6 +252,6 @@ def test_network_trains_then_segments_through_the_bundle_and_slides(tmp_path, va
     network = load_config("inference", variant=variant).get_parsed_content("network_def")
     network.load_state_dict(load_state_dict(weights))
     scripted = torch.jit.script(network.eval())
-    x = torch.rand(1, 3, 64, 64)
+    x = torch.rand(1, getattr(network, "input_channels", 3), 64, 64)
     with torch.no_grad():
         assert torch.allclose(scripted(x), network(x), atol=1e-5)

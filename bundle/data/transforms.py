@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from monai.apps.pathology.transforms import NormalizeHEStains
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, RandomizableTransform, Transform
+from monai.transforms import MapTransform, Randomizable, RandomizableTransform, Transform
+from monai.transforms.utils import generate_pos_neg_label_crop_centers, map_binary_to_indices
 from monai.utils.type_conversion import convert_to_dst_type
 
-__all__ = ["RGB_FROM_HED", "RandHEDJitter", "RandHEDJitterd", "MacenkoNormalize", "MacenkoNormalized"]
+__all__ = ["RGB_FROM_HED", "RandHEDJitter", "RandHEDJitterd", "MacenkoNormalize", "MacenkoNormalized", "RandContextCropd", "context_view"]
 
 # Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB), as in skimage.color.
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)
@@ -39,7 +40,8 @@ class RandHEDJitter(RandomizableTransform):
         sigma: range of the multiplicative factor.
         bias: range of the additive shift (in the OD units of skimage's ``rgb2hed``).
 
-    Shapes: (3, H, W) float in [0, 1] -> same shape and type, values in [0, 1].
+    Shapes: (3, H, W) float in [0, 1] -> same shape and type, values in [0, 1]; (3k, H, W), k RGB views of the same
+    tissue stacked on channels (DA-RefineNet's window and context view), gets the same jitter in every view.
     """
 
     def __init__(self, prob: float = 0.5, sigma: float = 0.05, bias: float = 0.02):
@@ -57,17 +59,18 @@ class RandHEDJitter(RandomizableTransform):
         self._beta = self.R.uniform(-self.bias, self.bias, 3).astype(np.float32)
 
     def __call__(self, img: Any, randomize: bool = True) -> Any:
-        _check_rgb(img, "RandHEDJitter")
+        if img.ndim != 3 or img.shape[0] % 3 != 0:
+            raise ValueError(f"RandHEDJitter expects channel-first RGB views (3k, H, W), got shape {tuple(img.shape)}")
         if randomize:
             self.randomize()
         if not self._do_transform:
             return img
         x = torch.as_tensor(img, dtype=torch.float32)
-        flat = x.reshape(3, -1).clamp(min=1e-6)  # (3, N)
+        flat = x.reshape(x.shape[0] // 3, 3, -1).transpose(0, 1).reshape(3, -1).clamp(min=1e-6)  # (3, views * N)
         hed = ((torch.log(flat) / _LOG_EPS).T @ torch.from_numpy(HED_FROM_RGB)).clamp(min=0)  # (N, 3)
         hed = hed * torch.from_numpy(self._alpha) + torch.from_numpy(self._beta)
         rgb = torch.exp((hed * _LOG_EPS) @ torch.from_numpy(RGB_FROM_HED)).clamp(0, 1)  # (N, 3)
-        out = rgb.T.reshape(x.shape)
+        out = rgb.T.reshape(3, x.shape[0] // 3, -1).transpose(0, 1).reshape(x.shape)
         return convert_to_dst_type(out, img, dtype=out.dtype)[0]
 
 
@@ -148,3 +151,77 @@ class MacenkoNormalized(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.normalize(d[key])
         return d
+
+
+def context_view(image: torch.Tensor, top: int, left: int, size: Sequence[int], scale: int) -> torch.Tensor:
+    """The coarse context view of the window at (top, left) of ``size``: the ``scale`` times larger field centred on
+    it, edge pixels repeated beyond the image, area-averaged to ``size``.
+
+    Shapes: image (C, H, W) -> (C, size[0], size[1]).
+    """
+    h, w = int(size[0]), int(size[1])
+    mh, mw = (scale - 1) * h // 2, (scale - 1) * w // 2
+    y0, x0, y1, x1 = top - mh, left - mw, top + h + mh, left + w + mw
+    H, W = image.shape[-2:]
+    region = torch.as_tensor(image)[:, max(0, y0) : min(H, y1), max(0, x0) : min(W, x1)].float()
+    pad = (max(0, -x0), max(0, x1 - W), max(0, -y0), max(0, y1 - H))
+    if any(pad):
+        region = torch.nn.functional.pad(region[None], pad, mode="replicate")[0]
+    return torch.nn.functional.interpolate(region[None], size=[h, w], mode="area")[0]
+
+
+class RandContextCropd(Randomizable, MapTransform):
+    """Random crops (centred on nuclei with odds ``pos`` : ``neg``, as MONAI's ``RandCropByPosNegLabeld``), whose
+    ``image`` also gets its context view (:func:`context_view`) stacked on channels, for DA-RefineNet.
+
+    Args:
+        keys: keys cropped alike (image, label, ...).
+        label_key: the label whose foreground gives the positive centres.
+        spatial_size: crop (height, width).
+        context_scale: the context view's field, in window sides.
+        pos: weight of crops centred on foreground.
+        neg: weight of crops centred on background.
+        num_samples: crops per image.
+        image_key: the key that gets the context view.
+
+    Shapes: image (C, H, W), H, W >= ``spatial_size`` -> a list of ``num_samples`` dicts, image (2C, h, w), the other
+    keys (C_k, h, w).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str,
+        spatial_size: Sequence[int],
+        context_scale: int = 4,
+        pos: float = 1.0,
+        neg: float = 1.0,
+        num_samples: int = 1,
+        image_key: str = "image",
+        allow_missing_keys: bool = False,
+    ):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.label_key, self.image_key = label_key, image_key
+        self.spatial_size = (int(spatial_size[0]), int(spatial_size[1]))
+        self.context_scale = int(context_scale)
+        self.pos_ratio = pos / (pos + neg)
+        self.num_samples = int(num_samples)
+
+    def randomize(self, label: Any) -> list:
+        fg, bg = map_binary_to_indices(torch.as_tensor(label)[:1] > 0)
+        return generate_pos_neg_label_crop_centers(self.spatial_size, self.num_samples, self.pos_ratio, label.shape[1:], fg, bg, self.R)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list:
+        d = dict(data)
+        h, w = self.spatial_size
+        crops = []
+        for center in self.randomize(d[self.label_key]):
+            top, left = int(center[0]) - h // 2, int(center[1]) - w // 2
+            out = dict(d)
+            for key in self.key_iterator(d):
+                out[key] = d[key][:, top : top + h, left : left + w]
+            view = context_view(d[self.image_key], top, left, self.spatial_size, self.context_scale)
+            out[self.image_key] = torch.cat([torch.as_tensor(out[self.image_key]).float(), view], dim=0)
+            crops.append(out)
+        return crops
+

@@ -23,7 +23,7 @@ from bundle.errors import InputError
 from bundle.io.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_rgb_checked
 
 __all__ = [
-    "SlideReadError", "SlideSource", "ImageSource", "open_source", "check_mpp", "tissue_mask",
+    "SlideReadError", "SlideSource", "ImageSource", "open_source", "check_mpp", "tissue_mask", "read_region_padded",
     "SLIDE_SUFFIXES", "IMAGE_SUFFIXES", "INPUT_SUFFIXES",
 ]
 logger = logging.getLogger(__name__)
@@ -235,6 +235,25 @@ def open_source(
     if suffix in IMAGE_SUFFIXES:
         return ImageSource(p, mpp, default_mpp, max_pixels)
     raise SlideReadError(f"{p}: unsupported file type {p.suffix!r}; expected a slide ({', '.join(SLIDE_SUFFIXES)}) or an image ({', '.join(IMAGE_SUFFIXES)})")
+
+
+def read_region_padded(source: "_Source", box: Tuple[int, int, int, int], out_shape: Tuple[int, int]) -> np.ndarray:
+    """RGB uint8 ``out_shape + (3,)`` of a level-0 box that may reach beyond the source: the part inside is read
+    (resampled to scale) and the edge pixels are repeated over the rest (DA-RefineNet's context around a tile).
+
+    Args:
+        source: from :func:`open_source`.
+        box: (x0, y0, x1, y1) in level-0 pixels, possibly outside [0, width] x [0, height].
+        out_shape: (rows, columns) the whole box is read at.
+    """
+    x0, y0, x1, y1 = box
+    oh, ow = int(out_shape[0]), int(out_shape[1])
+    sx, sy = ow / max(1, x1 - x0), oh / max(1, y1 - y0)  # output pixels per level-0 pixel
+    cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(source.width, x1), min(source.height, y1)
+    c0, r0 = min(ow - 1, round((cx0 - x0) * sx)), min(oh - 1, round((cy0 - y0) * sy))
+    c1, r1 = max(c0 + 1, round((cx1 - x0) * sx)), max(r0 + 1, round((cy1 - y0) * sy))
+    inside = source.read_region(cx0, cy0, max(1, cx1 - cx0), max(1, cy1 - cy0), (r1 - r0, c1 - c0))
+    return np.pad(inside, ((r0, oh - r1), (c0, ow - c1), (0, 0)), mode="edge")
 
 
 def _foreground(signal: np.ndarray, floor: float) -> np.ndarray:

@@ -50,10 +50,23 @@ class TilePredictor:
         if channels_last and isinstance(network, torch.nn.Module):
             network.to(memory_format=torch.channels_last)
 
+    def _tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        """(1, 3, h, w) in [0, 1] on the device, stain-normalised, of an RGB uint8 (h, w, 3)."""
+        image = torch.tensor(rgb).permute(2, 0, 1).float()  # a copy: PIL arrays are read-only
+        if self.stain_normalizer is not None:
+            image = torch.as_tensor(self.stain_normalizer(image), dtype=torch.float32)
+        return image[None].div_(255.0).clamp_(0.0, 1.0).to(self.device).contiguous(memory_format=self.memory_format)
+
     @torch.no_grad()
-    def __call__(self, rgb: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    def __call__(self, rgb: np.ndarray, context: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """Nucleus probability (h, w) float32 of an RGB uint8 tile (h, w, 3), and the normalised distance (h, w)
         float32 when the network has a distance head (None otherwise).
+
+        Args:
+            rgb: the tile.
+            context: for a context inferer (:class:`bundle.pipeline.inferers.ContextWindowInferer`), the canvas
+                around the tile, RGB uint8; None: the inferer makes it from the tile (so does a tile smaller than
+                ``patch_size``, which is padded).
 
         Raises:
             ValueError: ``rgb`` is not (h, w, 3) with h, w >= 1.
@@ -64,11 +77,9 @@ class TilePredictor:
         pad_h, pad_w = max(0, self.patch_size[0] - h), max(0, self.patch_size[1] - w)
         if pad_h or pad_w:
             rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
-        image = torch.tensor(rgb).permute(2, 0, 1).float()  # a copy: PIL arrays are read-only
-        if self.stain_normalizer is not None:
-            image = torch.as_tensor(self.stain_normalizer(image), dtype=torch.float32)
-        image = image[None].div_(255.0).clamp_(0.0, 1.0).to(self.device).contiguous(memory_format=self.memory_format)
+            context = None
+        extra = {} if context is None else {"context": self._tensor(context)}
         with torch.autocast(self.device.type, enabled=self.amp, dtype=torch.bfloat16):
-            logits = self.inferer(image, self.network)
+            logits = self.inferer(self._tensor(rgb), self.network, **extra)
         out = torch.sigmoid(logits.float())[0, :, :h, :w].cpu().numpy()
         return out[0], (out[1] if out.shape[0] > 1 else None)

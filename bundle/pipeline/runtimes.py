@@ -47,12 +47,18 @@ def weights_key(network: torch.nn.Module, patch_size: Sequence[int], text_shape:
     return digest.hexdigest()[:24]
 
 
-def _example_inputs(h: int, w: int, text_shape: Optional[Tuple[int, int]]) -> Tuple[tuple, list]:
+def input_channels(network: torch.nn.Module) -> int:
+    """Channels of the tensor the network is fed: ``input_channels`` (DA-RefineNet: window and context view), else
+    ``in_channels``, else 3."""
+    return int(getattr(network, "input_channels", getattr(network, "in_channels", 3)))
+
+
+def _example_inputs(h: int, w: int, text_shape: Optional[Tuple[int, int]], channels: int = 3) -> Tuple[tuple, list]:
     """Example inputs for conversion and their shapes (batch dynamic): the window, and the text when there is one."""
     if text_shape is None:
-        return (torch.zeros(1, 3, h, w),), [(-1, 3, h, w)]
+        return (torch.zeros(1, channels, h, w),), [(-1, channels, h, w)]
     p, d = (int(v) for v in text_shape)
-    return (torch.zeros(1, 3, h, w), torch.zeros(p, d)), [(-1, 3, h, w), (p, d)]
+    return (torch.zeros(1, channels, h, w), torch.zeros(p, d)), [(-1, channels, h, w), (p, d)]
 
 
 def _numpy_inputs(x: torch.Tensor, text: Optional[torch.Tensor]) -> list:
@@ -92,7 +98,7 @@ class OpenVINONetwork(torch.nn.Module):
         if cached.is_file():
             model = openvino.Core().read_model(str(cached))
         else:
-            example, shapes = _example_inputs(h, w, text_shape)
+            example, shapes = _example_inputs(h, w, text_shape, input_channels(network))
             model = openvino.convert_model(network.eval(), example_input=example, input=shapes)
             try:
                 cached.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +149,7 @@ class ONNXRuntimeNetwork(torch.nn.Module):
         if not cached.is_file():
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp")
-            example, _ = _example_inputs(h, w, text_shape)
+            example, _ = _example_inputs(h, w, text_shape, input_channels(network))
             torch.onnx.export(
                 network.eval(), example, str(tmp), input_names=self.input_names, output_names=["logits"],
                 dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,

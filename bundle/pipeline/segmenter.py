@@ -39,10 +39,11 @@ from tqdm import tqdm
 from bundle.allocator import keep_freed_memory
 from bundle.data.datalists import read_organ_table
 from bundle.errors import InputError
-from bundle.io.slides import check_mpp, open_source, tissue_mask
+from bundle.io.slides import check_mpp, open_source, read_region_padded, tissue_mask
 from bundle.io.writers import OVERLAY_SIDE, write_csv, write_geojson, write_instances, write_mask_png, write_overlay
 from bundle.networks.text_prior import GENERIC, OrganPrompts, PromptedNetwork, uses_text
 from bundle.pipeline.check import check_output_dir, list_inputs, output_names
+from bundle.pipeline.inferers import context_inferer
 from bundle.pipeline.measure import Nucleus, density_per_mm2, measure_nuclei
 from bundle.pipeline.predict import TilePredictor
 from bundle.pipeline.report import RunReport
@@ -267,9 +268,17 @@ class NucleusSegmenter:
             n.id = i
         return result
 
-    def _read_tile(self, source: Any, window: "TileWindow") -> np.ndarray:
+    def _read_tile(self, source: Any, window: "TileWindow") -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """The tile's RGB and, for a network with a context view (DA-RefineNet), the canvas around it read from the
+        source (see :class:`bundle.pipeline.inferers.ContextWindowInferer`)."""
         lx0, ly0, lx1, ly1 = window.level0
-        return source.read_region(lx0, ly0, lx1 - lx0, ly1 - ly0, window.out_shape)
+        rgb = source.read_region(lx0, ly0, lx1 - lx0, ly1 - ly0, window.out_shape)
+        needs = context_inferer(self.predictor.inferer)
+        if needs is None or min(window.out_shape[0] - self.patch_size[0], window.out_shape[1] - self.patch_size[1]) < 0:
+            return rgb, None
+        (mh, mw), scale = needs.margin(), window.out_shape[1] / max(1, lx1 - lx0)  # model pixels per level-0 pixel
+        box = (lx0 - round(mw / scale), ly0 - round(mh / scale), lx1 + round(mw / scale), ly1 + round(mh / scale))
+        return rgb, read_region_padded(source, box, needs.canvas_shape(*window.out_shape))
 
     def _finish_tile(self, source: Any, window: "TileWindow", rgb: np.ndarray, maps: Tuple[Any, Any]) -> List[Nucleus]:
         """Split and measure one predicted tile: the nuclei whose centroid lies in its core."""
@@ -282,8 +291,8 @@ class NucleusSegmenter:
         ``tile_workers`` tiles ahead and behind, so memory stays bounded); with 0, one tile after the other."""
         if self.tile_workers == 0:
             for window in windows:
-                rgb = self._read_tile(source, window)
-                yield window, self._finish_tile(source, window, rgb, self.predictor(rgb))
+                rgb, context = self._read_tile(source, window)
+                yield window, self._finish_tile(source, window, rgb, self.predictor(rgb, context))
             return
         ahead = self.tile_workers
         with ThreadPoolExecutor(max_workers=self.tile_workers, thread_name_prefix="tile") as pool:
@@ -294,10 +303,10 @@ class NucleusSegmenter:
                 reading.append((window, pool.submit(self._read_tile, source, window)))
             while reading:
                 window, read = reading.popleft()
-                rgb = read.result()
+                rgb, context = read.result()
                 for nxt in islice(pending, 1):
                     reading.append((nxt, pool.submit(self._read_tile, source, nxt)))
-                maps = self.predictor(rgb)
+                maps = self.predictor(rgb, context)
                 finishing.append((window, pool.submit(self._finish_tile, source, window, rgb, maps)))
                 while len(finishing) > ahead:
                     done, future = finishing.popleft()
