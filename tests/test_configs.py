@@ -118,7 +118,7 @@ NETWORK_CLASSES = {"basicunet": "BasicUNet", "unet_sharp": "UNetSharp", "eunet3p
 def test_ablation_overlays_resolve_network_and_tracked_params(name, overlays):
     """Every ablation and alternative network builds its network and the network params logged to MLflow (each
     network logs its own kwargs)."""
-    width = 8 if name in ("full", "compact", "basicunet") or "GRUNet" in str(load_config(["train", *overlays])["network_def"]) else None
+    width = None if name in NETWORK_CLASSES and name != "basicunet" else 8  # the alternative networks keep their sizes
     parser = load_config(["train", *[str(ROOT / p) for p in overlays]], overrides=width_overrides(name, width))
     assert parser.get_parsed_content("tracked_params#network") == NETWORK_CLASSES.get(name, "GRUNet")
     params = parser.get_parsed_content("network_params")
@@ -150,7 +150,7 @@ def test_training_a_variant_saves_its_weight_file():
 def test_unknown_variant_is_an_input_error():
     from bundle.errors import InputError
 
-    with pytest.raises(InputError, match="unknown model variant 'tiny'; known: full, compact, eunet3plus, eunet3plus_fusion, unet_sharp"):
+    with pytest.raises(InputError, match="unknown model variant 'tiny'; known: full, compact, da_refinenet, eunet3plus, eunet3plus_fusion, unet_sharp"):
         load_config("inference", variant="tiny")
 
 
