@@ -32,6 +32,7 @@ from bundle.allocator import keep_freed_memory  # noqa: E402
 from bundle.config_io import BUNDLE_ROOT, load_config  # noqa: E402
 from bundle.data.targets import NucleusTargetsd  # noqa: E402
 from bundle.networks import count_parameters  # noqa: E402
+from bundle.pipeline.runtimes import input_channels  # noqa: E402
 
 ABLATIONS_DIR = "configs/ablations"
 NETWORKS_DIR = "configs/networks"
@@ -66,14 +67,15 @@ def width_overrides(variant: str, width: Optional[int]) -> Dict[str, object]:
     """Config overrides that scale ``variant`` to first-level width ``width`` (``None``: the configs' own sizes).
 
     GRU-Net variants get ``features=width`` and 2 CDRB units (the ``light`` network of ``model_summary.py`` at
-    16); BasicUNet gets features ``width * (1, 2, 4, 8, 16, 1)``, its own 32-512 scaled the same way.
+    16); BasicUNet gets features ``width * (1, 2, 4, 8, 16, 1)``, its own 32-512 scaled the same way; the
+    alternative networks of ``configs/networks`` keep their overlay's sizes (already CPU-sized).
     """
     if width is None:
         return {}
     if variant == BASELINE:
         return {"network_def#features": [width * m for m in (1, 2, 4, 8, 16, 1)]}
     if _replaces_network(variant):
-        raise ValueError(f"a width applies to GRU-Net variants and {BASELINE}; {variant!r} keeps its overlay's sizes")
+        return {}
     return {"network_def#features": width, "network_def#cdrb_units": 2}
 
 
@@ -90,8 +92,8 @@ def build(variant: str, device: torch.device, width: Optional[int] = None) -> to
     return variant_config(variant, width).get_parsed_content("network_def").to(device)
 
 
-def synthetic_batch(batch: int, size: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Random (batch, 3, size, size) images and the (batch, 2, size, size) targets training uses
+def synthetic_batch(batch: int, size: int, seed: int = 0, channels: int = 3) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Random (batch, channels, size, size) images and the (batch, 2, size, size) targets training uses
     (:class:`~bundle.data.targets.NucleusTargetsd`) of random disks, about one nucleus of radius 3-8 px per
     20x20 px."""
     rng = np.random.default_rng(seed)
@@ -104,7 +106,7 @@ def synthetic_batch(batch: int, size: int, seed: int = 0) -> Tuple[torch.Tensor,
             radius, (cy, cx) = rng.uniform(3, 8), rng.uniform(0, size, 2)
             labels[0][(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = i
         targets.append(to_targets({"label": torch.from_numpy(labels)})["label"])
-    images = torch.from_numpy(rng.random((batch, 3, size, size), dtype=np.float32))
+    images = torch.from_numpy(rng.random((batch, channels, size, size), dtype=np.float32))
     return images, torch.stack(targets)
 
 
@@ -131,7 +133,7 @@ def measure(
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
-    x, y = (t.to(device) for t in synthetic_batch(batch, size))
+    x, y = (t.to(device) for t in synthetic_batch(batch, size, channels=input_channels(net)))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     net.train()

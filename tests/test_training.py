@@ -258,12 +258,14 @@ def test_bad_checkpoint_is_one_line_at_the_command_line(tmp_path):
 # -- the training benchmark ---------------------------------------------------------------------------------------
 def test_benchmark_variants_are_the_ablation_overlays():
     overlays = sorted(p.stem for p in (ROOT / "configs" / "ablations").glob("*.json"))
-    assert overlays and list(benchmark_training.VARIANTS) == ["full", "compact", *overlays]
+    networks = sorted(p.stem for p in (ROOT / "configs" / "networks").glob("*.json"))
+    assert overlays and list(benchmark_training.VARIANTS) == ["full", "compact", *overlays, *networks]
     assert benchmark_training.VARIANTS["full"] == [] and benchmark_training.VARIANTS["compact"] == ["configs/compact.json"]
     for name in overlays:
         assert benchmark_training.VARIANTS[name] == [f"configs/ablations/{name}.json"]
     assert benchmark_training.width_overrides("basicunet", 4) == {"network_def#features": [4, 8, 16, 32, 64, 4]}
     assert benchmark_training.width_overrides("no_gdam", 4) == {"network_def#features": 4, "network_def#cdrb_units": 2}
+    assert all(benchmark_training.width_overrides(name, 4) == {} for name in networks), "their overlays' own sizes"
 
 
 @parameterized.expand([(v, "fp32") for v in benchmark_training.VARIANTS] + [("compact", o) for o in benchmark_training.OPTIONS])
