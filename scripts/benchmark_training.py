@@ -1,17 +1,20 @@
-"""Training throughput (patches/s) of GRU-Net and its ablations, against MONAI's BasicUNet measured in the same run.
+"""Training throughput (patches/s), GFLOPs and network inference speed (Mpx/s) of GRU-Net, its ablations and the
+alternative networks, against MONAI's BasicUNet measured in the same run.
 
     python scripts/benchmark_training.py                      # CPU, small batch
     python scripts/benchmark_training.py --variants full,compact,basicunet --options fp32,channels_last,bf16_channels_last --batch 8
     python scripts/benchmark_training.py --device cuda --batch 32 --iters 20
 
 The variants are the full model (``configs/train.json``'s ``network_def``), the compact one (``configs/compact.json``)
-and one per overlay file in ``configs/ablations/`` (named after the file: the networks the ablation study trains);
+and one per overlay file in ``configs/ablations/`` and ``configs/networks/`` (named after the file: the networks the
+ablation study trains, and U-Net#, eU-Net3+ with and without fusion, DA-RefineNet);
 each runs under every execution option asked (fp32 eager, ``channels_last``, bf16 autocast with ``channels_last``),
 against BasicUNet in fp32, always measured. A step is what training
 does: forward, the config's ``loss`` (:class:`bundle.training.losses.NucleusLoss`: Dice + cross-entropy on the
 mask, plus the distance terms for a network with a distance head) against the two-channel targets of
 :class:`bundle.data.targets.NucleusTargetsd` (mask and normalised distance of synthetic nuclei), backward and an
-AdamW update, under the config's mixed precision on CUDA.
+AdamW update, under the config's mixed precision on CUDA. For fp32 rows also: GFLOPs of one 256x256 forward pass
+and the network alone at inference (eval, no grad, batch ``--batch``) in Mpx/s.
 """
 
 from __future__ import annotations
@@ -154,6 +157,28 @@ def measure(
     return batch / times[len(times) // 2]
 
 
+@torch.no_grad()
+def measure_inference(net: torch.nn.Module, device: torch.device, batch: int, size: int, warmup: int, iters: int) -> Tuple[float, float]:
+    """GFLOPs of one (1, C, size, size) forward pass (``torch.utils.flop_counter``, multiply-adds counted once) and
+    the network's inference speed in Mpx/s (eval mode, no grad, median of ``iters`` batches after ``warmup``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net.eval()
+    x = torch.rand(batch, input_channels(net), size, size, device=device)
+    with FlopCounterMode(display=False) as counter:
+        net(x[:1])
+    times: List[float] = []
+    for i in range(warmup + iters):
+        _sync(device)
+        t0 = time.perf_counter()
+        net(x)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return counter.get_total_flops() / 2e9, batch * size * size / 1e6 / times[len(times) // 2]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {list(VARIANTS)}")
@@ -186,16 +211,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         amp = bf16 or (device.type == "cuda" and bool(config.get_parsed_content("amp")))
         amp_dtype = torch.bfloat16 if bf16 else (config.get_parsed_content("amp_kwargs").get("dtype") if amp else None)
         pps = measure(net, loss_fn, device, args.batch, args.size, args.warmup, args.iters, amp, amp_dtype, channels_last)
-        results[(variant, option)] = {"params": count_parameters(net), "pps": pps}
-        print(f"{variant} {option}: {pps:.2f} patches/s", file=sys.stderr, flush=True)
+        gflops, mpx = measure_inference(net, device, args.batch, args.size, args.warmup, args.iters) if option == "fp32" else (float("nan"),) * 2
+        results[(variant, option)] = {"params": count_parameters(net), "pps": pps, "gflops": gflops, "mpx": mpx}
+        print(f"{variant} {option}: {pps:.2f} patches/s, {mpx:.3f} Mpx/s inference", file=sys.stderr, flush=True)
         del net
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    base = results[(baseline, "fp32")]["pps"]
-    print(f"| variant | option | parameters | training patches/s | vs {baseline} fp32 |")
-    print("|---|---|---:|---:|---:|")
+    base, base_mpx = results[(baseline, "fp32")]["pps"], results[(baseline, "fp32")]["mpx"]
+    print(f"| variant | option | parameters | training patches/s | vs {baseline} fp32 | GFLOPs / patch | inference Mpx/s (network) | vs {baseline} |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for (variant, option), r in results.items():
-        print(f"| {variant} | {option} | {r['params'] / 1e6:.2f} M | {r['pps']:.2f} | {r['pps'] / base:.2f}x |")
+        print(f"| {variant} | {option} | {r['params'] / 1e6:.2f} M | {r['pps']:.2f} | {r['pps'] / base:.2f}x | {r['gflops']:.1f} | "
+              f"{r['mpx']:.3f} | {r['mpx'] / base_mpx:.2f}x |")
     return 0
 
 
