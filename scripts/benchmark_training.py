@@ -159,7 +159,8 @@ def measure(
 
 @torch.no_grad()
 def measure_inference(net: torch.nn.Module, device: torch.device, batch: int, size: int, warmup: int, iters: int) -> Tuple[float, float]:
-    """GFLOPs of one (1, C, size, size) forward pass (``torch.utils.flop_counter``, multiply-adds counted once) and
+    """GFLOPs of one (1, C, size, size) forward pass (``torch.utils.flop_counter``: a multiply-add is 2 FLOPs, as in
+    ``scripts/model_summary.py``) and
     the network's inference speed in Mpx/s (eval mode, no grad, median of ``iters`` batches after ``warmup``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -176,7 +177,7 @@ def measure_inference(net: torch.nn.Module, device: torch.device, batch: int, si
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     times.sort()
-    return counter.get_total_flops() / 2e9, batch * size * size / 1e6 / times[len(times) // 2]
+    return counter.get_total_flops() / 1e9, batch * size * size / 1e6 / times[len(times) // 2]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
