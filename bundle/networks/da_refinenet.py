@@ -14,41 +14,16 @@ per pixel against the local ones, with a channel attention from the whole contex
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.nets import ResNet
 
+from bundle.networks.encoders import RESNET_CHANNELS, resnet_encoder
 from bundle.networks.full_scale import ConvNormAct
 
-__all__ = ["ResNetEncoder", "ResidualConvUnit", "ChainedResidualPooling", "AttentionFusion", "AttnRefineBlock", "DARefineNet"]
-RESNET_CHANNELS = (64, 64, 128, 256, 512)  # the basic-block ResNet levels at 1/2 .. 1/32
-
-
-class ResNetEncoder(nn.Module):
-    """The five levels of a MONAI basic-block ResNet (1/2 .. 1/32 of the input).
-
-    Shapes: (B, in_channels, H, W), H and W multiples of 32 -> [(B, 64, H/2, W/2), (B, 64, H/4, W/4),
-    (B, 128, H/8, W/8), (B, 256, H/16, W/16), (B, 512, H/32, W/32)].
-    """
-
-    def __init__(self, in_channels: int = 3, layers: Sequence[int] = (1, 1, 1, 1)):
-        super().__init__()
-        resnet = ResNet("basic", list(layers), [64, 128, 256, 512], spatial_dims=2, n_input_channels=in_channels,
-                        conv1_t_size=7, conv1_t_stride=2, shortcut_type="B", feed_forward=False)
-        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.act)
-        self.pool = resnet.maxpool
-        self.stages = nn.ModuleList([resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4])
-
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        features = [self.stem(x)]
-        h = self.pool(features[0])
-        for stage in self.stages:
-            h = stage(h)
-            features.append(h)
-        return features
+__all__ = ["ResidualConvUnit", "ChainedResidualPooling", "AttentionFusion", "AttnRefineBlock", "DARefineNet"]
 
 
 class ResidualConvUnit(nn.Module):
@@ -179,8 +154,8 @@ class DARefineNet(nn.Module):
         self.input_channels = 2 * in_channels  # what the inferers and runtimes feed it
         self.context_scale = int(context_scale)
         self.divisor = 32
-        self.local_encoder = ResNetEncoder(in_channels, layers)
-        self.context_encoder = ResNetEncoder(in_channels, context_layers)
+        self.local_encoder = resnet_encoder(in_channels, layers)
+        self.context_encoder = resnet_encoder(in_channels, context_layers)
         widths = [0, *channels]
         self.refine = nn.ModuleList([  # levels 1/32, 1/16, 1/8, 1/4 (encoder indices 4, 3, 2, 1)
             AttnRefineBlock(RESNET_CHANNELS[4 - i], RESNET_CHANNELS[4 - i], widths[i + 1], widths[i], context_scale) for i in range(4)

@@ -11,50 +11,17 @@ default), the bridge MONAI's ``SimpleASPP``, the gates MONAI's ``AttentionBlock`
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import SimpleASPP
-from monai.networks.blocks.squeeze_and_excitation import SEResNeXtBottleneck
-from monai.networks.nets import SENet
 
+from bundle.networks.encoders import RESNEXT_CHANNELS, resnext_encoder
 from bundle.networks.full_scale import ConvNormAct, FullScaleDecoder
 
-__all__ = ["ResNeXtEncoder", "UNetSharp", "RESNEXT_CHANNELS"]
-RESNEXT_CHANNELS = (64, 256, 512, 1024, 2048)  # the SE-ResNeXt levels at 1/2 .. 1/32
-
-
-class ResNeXtEncoder(nn.Module):
-    """The five feature levels of an SE-ResNeXt (MONAI ``SENet``), at 1/2 to 1/32 of the input.
-
-    Args:
-        in_channels: input channels.
-        layers: bottleneck blocks per stage (4 stages).
-        groups: ResNeXt cardinality.
-        reduction: squeeze-excitation reduction.
-
-    Shapes: (B, in_channels, H, W), H and W multiples of 32 -> [(B, 64, H/2, W/2), (B, 256, H/4, W/4),
-    (B, 512, H/8, W/8), (B, 1024, H/16, W/16), (B, 2048, H/32, W/32)].
-    """
-
-    def __init__(self, in_channels: int = 3, layers: Sequence[int] = (1, 1, 1, 1), groups: int = 32, reduction: int = 16):
-        super().__init__()
-        senet = SENet(2, in_channels, SEResNeXtBottleneck, list(layers), groups=groups, reduction=reduction, dropout_prob=None,
-                      inplanes=64, downsample_kernel_size=1, input_3x3=False)
-        self.stem = nn.Sequential(senet.layer0.conv1, senet.layer0.bn1, senet.layer0.relu1)
-        self.pool = senet.layer0.pool
-        self.stages = nn.ModuleList([senet.layer1, senet.layer2, senet.layer3, senet.layer4])
-        self.channels: List[int] = list(RESNEXT_CHANNELS)
-
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        features = [self.stem(x)]
-        h = self.pool(features[0])
-        for stage in self.stages:
-            h = stage(h)
-            features.append(h)
-        return features
+__all__ = ["UNetSharp"]
 
 
 class UNetSharp(nn.Module):
@@ -63,7 +30,7 @@ class UNetSharp(nn.Module):
     Args:
         in_channels: input channels.
         out_channels: output channels: 2 for the bundle (nucleus logit, distance logit).
-        layers: ResNeXt blocks per stage (see :class:`ResNeXtEncoder`).
+        layers: ResNeXt blocks per stage (see :func:`bundle.networks.encoders.resnext_encoder`).
         groups: ResNeXt cardinality.
         aspp_channels: channels of each of the four ASPP branches (the bridge has four times as many).
         aspp_dilations: dilations of the three 3x3 ASPP branches (the paper's 6, 12, 18 are for 1/16 maps of large
@@ -91,7 +58,7 @@ class UNetSharp(nn.Module):
         super().__init__()
         self.in_channels = in_channels
         self.divisor = 32
-        self.encoder = ResNeXtEncoder(in_channels, layers, groups)
+        self.encoder = resnext_encoder(in_channels, layers, groups)
         self.bridge = SimpleASPP(2, RESNEXT_CHANNELS[-1], aspp_channels, kernel_sizes=(1, 3, 3, 3),
                                  dilations=(1, *aspp_dilations), norm_type="BATCH", acti_type="MISH")
         channels = [*RESNEXT_CHANNELS[:-1], 4 * aspp_channels]

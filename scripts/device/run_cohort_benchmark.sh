@@ -7,8 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-runs/device/out}"
 mkdir -p "$OUT"
-python -m pip install -q --no-index --find-links runs/device/wheels monai pytorch-ignite scikit-image shapely tifffile \
-    tqdm fire openslide-python openslide-bin 2>&1 | tail -3
+scripts/device/install.sh
 NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
 HF_HUB_OFFLINE=1 timeout "${BUDGET:-300}" python scripts/benchmark_cohort.py --output_dir "$OUT/cohort" --device cuda \
     --nproc "1$( [ "$NGPU" -gt 1 ] && echo ",$NGPU" )" --threads 16 --variant full --sizes 24576,16384,16384,12288 \
