@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -115,10 +116,11 @@ def test_manifest_reads_paths_mpp_and_organ(tmp_path):
     ("blank_rows", "path\n\n,\n", "lists no slides"),
 ])
 def test_bad_manifest_is_one_line(_, text, message):
-    manifest = Path(f"/tmp/cohort_manifest_{_}.csv")
-    manifest.write_text(text)
-    with pytest.raises(InputError, match=message) as err:
-        read_cohort(manifest)
+    with tempfile.TemporaryDirectory() as folder:
+        manifest = Path(folder) / "cohort.csv"
+        manifest.write_text(text)
+        with pytest.raises(InputError, match=message) as err:
+            read_cohort(manifest)
     assert str(manifest) in str(err.value) and "\n" not in str(err.value)
 
 
