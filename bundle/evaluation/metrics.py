@@ -158,7 +158,11 @@ def aggregated_jaccard_index(true: Any, pred: Any) -> float:
     AJI is the summed intersections of the pairs over the summed unions of the pairs plus the areas of unpaired
     true and predicted nuclei. 1.0 when both maps are empty.
     """
-    o = instance_overlaps(true, pred)
+    return _aji(instance_overlaps(true, pred))
+
+
+def _aji(o: Dict[str, np.ndarray]) -> float:
+    """AJI of the overlaps of :func:`instance_overlaps`."""
     total = o["true_area"].sum() + o["pred_area"].sum()
     if len(o["inter"]) == 0:
         return 1.0 if total == 0 else 0.0
@@ -183,9 +187,13 @@ def panoptic_quality(true: Any, pred: Any, iou_threshold: float = 0.5) -> Dict[s
     Raises:
         ValueError: shapes differ; ``iou_threshold`` below 0.5 (matches would not be unique).
     """
+    return _panoptic_quality(instance_overlaps(true, pred), iou_threshold)
+
+
+def _panoptic_quality(o: Dict[str, np.ndarray], iou_threshold: float = 0.5) -> Dict[str, float]:
+    """PQ of the overlaps of :func:`instance_overlaps` (see :func:`panoptic_quality`)."""
     if iou_threshold < 0.5:
         raise ValueError(f"iou_threshold must be >= 0.5 for unique matches, got {iou_threshold}")
-    o = instance_overlaps(true, pred)
     n, m = len(o["true_area"]), len(o["pred_area"])
     if n == 0 and m == 0:
         return {"pq": 1.0, "dq": 1.0, "sq": 1.0, "tp": 0, "fp": 0, "fn": 0}
@@ -219,10 +227,11 @@ def instance_scores(true: Any, pred: Any) -> Dict[str, float]:
         true: instance labels (H, W), 0 background (a binary truth: see ``bundle.data.targets.instance_labels``).
         pred: instance labels (H, W), 0 background.
     """
-    pq = panoptic_quality(true, pred)
-    n_true, n_pred = int(len(np.unique(true)) - (np.min(true) == 0)), int(len(np.unique(pred)) - (np.min(pred) == 0))
+    overlaps = instance_overlaps(true, pred)  # once for AJI and PQ
+    pq = _panoptic_quality(overlaps)
+    n_true, n_pred = len(overlaps["true_area"]), len(overlaps["pred_area"])
     return {
-        "aji": aggregated_jaccard_index(true, pred), "pq": pq["pq"], "dq": pq["dq"], "sq": pq["sq"],
+        "aji": _aji(overlaps), "pq": pq["pq"], "dq": pq["dq"], "sq": pq["sq"],
         "f1": detection_f1(true, pred), "count_ratio": n_pred / max(n_true, 1), "n_true": n_true, "n_pred": n_pred,
     }
 

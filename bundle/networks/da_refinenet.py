@@ -1,6 +1,6 @@
-"""DA-RefineNet (Li et al., ``../shared/papers/003``): two encoders, one on the local window and one on a coarser
-view of the ``context_scale`` times larger field around it, fused by attention in RefineNet blocks; with the
-bundle's distance head so that it gives instances.
+"""DA-RefineNet (Li et al., "Dual-inputs Attention RefineNet for Whole Slide Image Segmentation"): two encoders, one
+on the local window and one on a coarser view of the ``context_scale`` times larger field around it, fused by
+attention in RefineNet blocks; with the bundle's distance head so that it gives instances.
 
 The input is one tensor, the local window and its context view stacked on channels (B, 2 * in_channels, H, W), so
 the network runs like any other in the inferers, runtimes and TorchScript; the context view is made by

@@ -1,6 +1,6 @@
-"""eU-Net3+ (``../shared/papers/004``): UNet 3+ with gated linear units (adaptive feature selection) and, with a
-frozen foundation encoder, the Enhanced Fusion Block that fuses the encoder's features with the local ones;
-with the bundle's distance head so that it gives instances.
+"""eU-Net3+ (U-Net3+ fused with SAM ViT-B features for nuclei segmentation): UNet 3+ with gated linear units
+(adaptive feature selection) and, with a frozen foundation encoder, the Enhanced Fusion Block that fuses the
+encoder's features with the local ones; with the bundle's distance head so that it gives instances.
 
 The Enhanced Fusion Block (EFB) works at the bottleneck: the foundation features, resized to it, are concatenated
 with the local ones; a gated squeeze-and-excitation (global average pool, 1x1 conv, GLU, 1x1 conv, sigmoid)

@@ -1,5 +1,6 @@
-"""U-Net# (Stagys, ``../shared/papers/002``): a ResNeXt encoder, an ASPP bridge, UNet 3+ full-scale skips with
-attention gates, Mish activations; with the bundle's distance head so that it gives instances.
+"""U-Net# (Stagys, "U-Net#: Nuclei Segmentation in Histopathology Images"): a ResNeXt encoder, an ASPP bridge, UNet
+3+ full-scale skips with attention gates, Mish activations; with the bundle's distance head so that it gives
+instances.
 
 Built from MONAI blocks: the encoder is MONAI's ``SENet`` with ``SEResNeXtBottleneck`` (SE-ResNeXt: the paper's
 SWSL ResNeXt101 32x4d has no squeeze-excitation and ImageNet/IG-1B weights that cannot be downloaded here, so the

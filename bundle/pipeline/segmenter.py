@@ -156,6 +156,7 @@ class NucleusSegmenter:
         self._converted: Optional[Callable[..., torch.Tensor]] = None  # the network in the runtime, made once
         self._runners: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}  # per organ prompts, made on first use
         self.predictor = TilePredictor(self._runner(GENERIC), inferer, self.device, patch_size, amp, stain_normalizer, channels_last)
+        self.context = context_inferer(inferer)  # a context inferer: each tile's canvas is read from the source
         self.splitter = splitter
         self.model_mpp = float(model_mpp)
         self.tile_size, self.margin = int(tile_size), int(margin)
@@ -273,7 +274,7 @@ class NucleusSegmenter:
         source (see :class:`bundle.pipeline.inferers.ContextWindowInferer`)."""
         lx0, ly0, lx1, ly1 = window.level0
         rgb = source.read_region(lx0, ly0, lx1 - lx0, ly1 - ly0, window.out_shape)
-        needs = context_inferer(self.predictor.inferer)
+        needs = self.context
         if needs is None or min(window.out_shape[0] - self.patch_size[0], window.out_shape[1] - self.patch_size[1]) < 0:
             return rgb, None
         (mh, mw), scale = needs.margin(), window.out_shape[1] / max(1, lx1 - lx0)  # model pixels per level-0 pixel

@@ -29,7 +29,7 @@ class FocalTverskyLoss(nn.Module):
 
     Args:
         alpha: weight of false positives (MONAI ``TverskyLoss``'s alpha).
-        beta: weight of false negatives; U-Net# (``../shared/papers/002``) uses 0.7, alpha 0.3.
+        beta: weight of false negatives; U-Net# (Stagys) uses 0.7, alpha 0.3.
         gamma: focal parameter, 4/3 in U-Net# (as in Abraham and Khan: exponent 1 / gamma = 0.75, which raises the
             loss of images whose index is already high less than that of hard ones).
 
