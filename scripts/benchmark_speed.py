@@ -34,19 +34,23 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # option: overrides of configs/inference.json; "variant" picks the model variant (bundle.config_io.MODEL_VARIANTS)
-TORCH = {"runtime": "torch"}
+TORCH = {"runtime": "torch", "bf16": False}
+OPENVINO = {"runtime": "openvino", "bf16": False}
 OPTIONS: Dict[str, Dict[str, Any]] = {
     "grunet_fp32": {**TORCH, "channels_last": False},
     "grunet_channels_last": {**TORCH, "channels_last": True},
     "grunet_bf16_channels_last": {**TORCH, "bf16": True, "channels_last": True},
-    "grunet_openvino": {"runtime": "openvino"},
-    "grunet_onnxruntime": {"runtime": "onnxruntime"},
+    "grunet_openvino": OPENVINO,
+    "grunet_openvino_bf16": {**OPENVINO, "bf16": True},
+    "grunet_onnxruntime": {"runtime": "onnxruntime", "bf16": False},
     "grunet_512_windows": {**TORCH, "channels_last": True, "patch_size": [512, 512], "sw_overlap": 0.125},
     "compact_fp32": {"variant": "compact", **TORCH, "channels_last": False},
     "compact_channels_last": {"variant": "compact", **TORCH, "channels_last": True},
-    "compact_torch_compile": {"variant": "compact", "runtime": "torch_compile", "channels_last": True},
-    "compact_openvino": {"variant": "compact", "runtime": "openvino"},
-    "compact_onnxruntime": {"variant": "compact", "runtime": "onnxruntime"},
+    "compact_bf16_channels_last": {"variant": "compact", **TORCH, "bf16": True, "channels_last": True},
+    "compact_torch_compile": {"variant": "compact", **TORCH, "runtime": "torch_compile", "channels_last": True},
+    "compact_openvino": {"variant": "compact", **OPENVINO},
+    "compact_openvino_bf16": {"variant": "compact", **OPENVINO, "bf16": True},
+    "compact_onnxruntime": {"variant": "compact", "runtime": "onnxruntime", "bf16": False},
     "basicunet_fp32": {**TORCH, "channels_last": False, "network_def": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
                                        "features": [32, 32, 64, 128, 256, 32]}, "checkpoint": None},
 }
@@ -98,6 +102,7 @@ def worker(option: str, images: List[Dict[str, Optional[str]]], out_dir: Path, t
     flops_per_window = counter.get_total_flops()
     predictor(np.zeros((2 * roi, 2 * roi, 3), np.uint8))  # warm-up: every window batch size (and compilation)
     end_to_end = network = mpx = flops = 0.0
+    nuclei = 0
     for item in images:
         rgb = read_rgb(item["image"])
         h, w = rgb.shape[:2]
@@ -109,18 +114,20 @@ def worker(option: str, images: List[Dict[str, Optional[str]]], out_dir: Path, t
         summary = segmenter.segment(item["image"], out_dir)
         end_to_end += time.perf_counter() - t0
         mpx += h * w / 1e6
+        nuclei += int(summary["nucleus_count"])
         np.save(out_dir / f"{summary['name']}.npy", __import__("tifffile").imread(summary["files"]["instances"]))
     return {
-        "option": option, "megapixels": mpx, "end_to_end_s": end_to_end, "network_s": network,
+        "option": option, "megapixels": mpx, "nuclei": nuclei, "bf16": bool(segmenter.bf16), "end_to_end_s": end_to_end, "network_s": network,
         "end_to_end_mpx_s": mpx / end_to_end, "network_mpx_s": mpx / network, "gflop_s": flops / network / 1e9,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
 
 
 def cpu_peak_gflops(threads: int) -> Dict[str, Any]:
-    """cores x clock x FP32 FLOPs per cycle per core (two 512-bit FMA units with AVX-512: 2 x 16 x 2 = 64; two
-    256-bit with AVX2: 32)."""
-    flags, mhz, model = "", 0.0, platform.processor()
+    """cores x clock x FP32 FLOPs per cycle per core: 64 with AVX-512 on two 512-bit FMA units (Intel), 32 where
+    AVX-512 runs on two 256-bit FMA units (AMD Zen 4, family 25) and with AVX2, 8 otherwise. bfloat16 dot products
+    (AVX-512 BF16) do twice the FP32 rate."""
+    flags, mhz, model, vendor, family = "", 0.0, platform.processor(), "", 0
     with open("/proc/cpuinfo") as f:
         for line in f:
             key, _, value = line.partition(":")
@@ -131,10 +138,16 @@ def cpu_peak_gflops(threads: int) -> Dict[str, Any]:
                 mhz = float(value)
             elif key == "model name":
                 model = value.strip()
-    per_cycle = 64 if "avx512f" in flags else 32 if "avx2" in flags else 8
+            elif key == "vendor_id" and not vendor:
+                vendor = value.strip()
+            elif key == "cpu family" and not family:
+                family = int(value)
+    flags = flags.split()
+    double_pumped = vendor == "AuthenticAMD" and family <= 25  # Zen 4 splits 512-bit operations in two
+    per_cycle = 64 if "avx512f" in flags and not double_pumped else 32 if "avx2" in flags else 8
     return {
-        "cpu": model, "threads": threads, "clock_ghz": mhz / 1e3, "fp32_flops_per_cycle": per_cycle,
-        "bf16_hardware": any(f in flags.split() for f in ("avx512_bf16", "amx_bf16")),
+        "cpu": model, "vendor": vendor, "threads": threads, "clock_ghz": mhz / 1e3, "fp32_flops_per_cycle": per_cycle,
+        "bf16_hardware": any(f in flags for f in ("avx512_bf16", "amx_bf16")),
         "peak_gflop_s": threads * mhz / 1e3 * per_cycle,
     }
 
@@ -207,9 +220,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     base = results.get(BASELINE)
     print(f"{len(images)} images, {results[BASELINE]['megapixels']:.2f} Mpx, {peak['threads']} threads on {peak['cpu']} "
           f"({peak['clock_ghz']:.2f} GHz; peak {peak['peak_gflop_s']:.0f} GFLOP/s = {peak['threads']} cores x "
-          f"{peak['clock_ghz']:.2f} GHz x {peak['fp32_flops_per_cycle']} FP32 FLOPs/cycle; bf16 in hardware: {peak['bf16_hardware']})")
-    print("| option | end-to-end Mpx/s | x BasicUNet | network Mpx/s | x BasicUNet | GFLOP/s | % of peak | peak RSS MB | Dice vs fp32 | AJI - fp32 | Dice | AJI |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"{peak['clock_ghz']:.2f} GHz x {peak['fp32_flops_per_cycle']} FP32 FLOPs/cycle; bf16 in hardware: {peak['bf16_hardware']}, "
+          f"bf16 peak twice that)")
+    print("| option | end-to-end Mpx/s | x BasicUNet | network Mpx/s | x BasicUNet | GFLOP/s | % of peak | peak RSS MB | nuclei | Dice vs fp32 | AJI - fp32 | Dice | AJI |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for option, r in results.items():
         e2e = f"{r['end_to_end_mpx_s'] / base['end_to_end_mpx_s']:.2f}" if base else "-"
         net = f"{r['network_mpx_s'] / base['network_mpx_s']:.2f}" if base else "-"
@@ -218,7 +232,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         truth = f"{r['dice']:.4f}" if "dice" in r else "-"
         daji = f"{r['aji_minus_fp32']:+.4f}" if "aji_minus_fp32" in r else "-"
         print(f"| {option} | {r['end_to_end_mpx_s']:.4f} | {e2e} | {r['network_mpx_s']:.4f} | {net} | {r['gflop_s']:.1f} "
-              f"| {100 * r['gflop_s'] / peak['peak_gflop_s']:.1f} | {r['peak_rss_mb']:.0f} | {dice} | {daji} | {truth} | {aji} |")
+              f"| {100 * r['gflop_s'] / peak['peak_gflop_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['nuclei']} | {dice} | {daji} | {truth} | {aji} |")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps({"cpu": peak, "images": images, "results": results}, indent=2))

@@ -1,4 +1,4 @@
-"""Flip test-time augmentation (bundle.pipeline.inferers.FlipTTAInferer)."""
+"""Inferers of bundle.pipeline.inferers: flip test-time augmentation, bfloat16 autocast."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 
-from bundle.pipeline.inferers import FlipTTAInferer
+from bundle.pipeline.inferers import AutocastInferer, FlipTTAInferer
 from bundle.networks import GRUNet
 
 CASES = [
@@ -57,3 +57,37 @@ def test_flip_equivariant_network_is_unchanged():
 def test_bad_flips(flips):
     with pytest.raises(ValueError, match="flips must be a non-empty list of dims among"):
         FlipTTAInferer(SimpleInferer(), flips=flips)
+
+
+class ConvDtype(torch.nn.Module):
+    """A convolution that records the dtype it computed in."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+        self.dtype = None
+
+    def forward(self, x):
+        y = self.conv(x)
+        self.dtype = y.dtype
+        return y
+
+
+@pytest.mark.parametrize("bf16, computed", [(True, torch.bfloat16), (False, torch.float32)])
+def test_autocast_inferer(bf16, computed):
+    net = ConvDtype()
+    x = torch.rand(2, 3, 16, 16)
+    out = AutocastInferer(bf16=bf16)(x, net)
+    assert out.shape == (2, 2, 16, 16) and out.dtype == torch.float32 and net.dtype == computed
+    out.mean().backward()  # a training step's backward goes through the autocast region
+    assert net.conv.weight.grad is not None and net.conv.weight.grad.dtype == torch.float32
+
+
+def test_autocast_inferer_auto_and_bad_setting():
+    from bundle.pipeline.runtimes import cpu_supports_bf16
+
+    net = ConvDtype()
+    AutocastInferer(bf16="auto")(torch.rand(1, 3, 8, 8), net)
+    assert net.dtype == (torch.bfloat16 if cpu_supports_bf16() else torch.float32)
+    with pytest.raises(ValueError, match="bf16 must be true, false or 'auto'"):
+        AutocastInferer(bf16="fast")

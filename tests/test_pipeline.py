@@ -31,7 +31,7 @@ from tests.helpers import LIGHT_OVERRIDES, ROOT, first_sample, make_pipeline_cas
 PY = sys.executable
 META = ["--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf"]
 # an untrained light GRU-Net: the pipeline's geometry, fast (the shipped model runs in the batch tests below)
-LIGHT = {**LIGHT_OVERRIDES, "checkpoint": None, "progress": False}
+LIGHT = {**LIGHT_OVERRIDES, "checkpoint": None, "progress": False, "bf16": False}  # float32: outputs compared exactly
 
 
 # -- stages ---------------------------------------------------------------------------------------------------
@@ -325,8 +325,59 @@ def test_runtimes(light_segmenter):
         network_for_runtime(torch.jit.script(net), "openvino", (128, 128))
 
 
-@pytest.mark.parametrize("runtime, package, batch", [("OpenVINONetwork", "openvino", 1), ("OpenVINONetwork", "openvino", 2), ("ONNXRuntimeNetwork", "onnxruntime", 2)])
-def test_converted_runtime_gives_the_network_output(light_segmenter, tmp_path, runtime, package, batch):
+@pytest.mark.parametrize("bf16, device, expected", [(True, "cpu", True), (False, "cpu", False), (False, "cuda", False)])
+def test_resolve_bf16(bf16, device, expected):
+    from bundle.pipeline.runtimes import resolve_bf16
+
+    assert resolve_bf16(bf16, device) is expected
+
+
+def test_bf16_auto_follows_the_hardware():
+    from bundle.pipeline.runtimes import cpu_supports_bf16, resolve_bf16
+
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else []
+    if flags:
+        assert cpu_supports_bf16() == any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+    assert resolve_bf16("auto", "cpu") == cpu_supports_bf16()
+    assert resolve_bf16("auto", "cuda") == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    with pytest.raises(ValueError, match="bf16 must be true, false or 'auto', got 'yes'"):
+        resolve_bf16("yes", "cpu")
+    default = {**LIGHT_OVERRIDES, "checkpoint": None, "progress": False, "device": "$torch.device('cpu')"}
+    segmenter = load_config("inference", overrides=default).get_parsed_content("segmenter")  # bf16 and runtime "auto"
+    assert segmenter.bf16 == cpu_supports_bf16() and segmenter.predictor.amp == segmenter.bf16
+    assert segmenter.runtime == ("torch" if segmenter.bf16 else "openvino")
+    compact = load_config("inference", overrides=default, variant="compact").get_parsed_content("segmenter")
+    assert (compact.bf16, compact.runtime) == (False, "openvino"), "the compact model's masks change in bfloat16"
+
+
+@pytest.mark.parametrize(
+    "runtime, device, bf16, expected",
+    [("auto", "cpu", True, "torch"), ("auto", "cpu", False, "openvino"), ("auto", "cuda", True, "torch"),
+     ("auto", "cuda", False, "torch"), ("onnxruntime", "cpu", True, "onnxruntime"), ("torch", "cpu", False, "torch")],
+)
+def test_resolve_runtime(runtime, device, bf16, expected):
+    from bundle.pipeline.runtimes import resolve_runtime
+
+    assert resolve_runtime(runtime, device, bf16) == expected
+
+
+def test_unknown_runtime_is_refused():
+    from bundle.pipeline.runtimes import resolve_runtime
+
+    with pytest.raises(ValueError, match="runtime must be 'auto' or one of"):
+        resolve_runtime("tensorrt", "cpu", False)
+
+
+@pytest.mark.parametrize(
+    "runtime, package, batch, bf16, atol",
+    [
+        ("OpenVINONetwork", "openvino", 1, False, 2e-3),
+        ("OpenVINONetwork", "openvino", 2, False, 2e-3),
+        ("OpenVINONetwork", "openvino", 2, True, 5e-2),  # bfloat16 arithmetic (float32 where the CPU has none)
+        ("ONNXRuntimeNetwork", "onnxruntime", 2, False, 2e-3),
+    ],
+)
+def test_converted_runtime_gives_the_network_output(light_segmenter, tmp_path, runtime, package, batch, bf16, atol):
     pytest.importorskip(package)
     from bundle.pipeline import runtimes
 
@@ -334,9 +385,10 @@ def test_converted_runtime_gives_the_network_output(light_segmenter, tmp_path, r
     x = torch.rand(batch, 3, 128, 128)
     with torch.no_grad():
         expected = net(x.contiguous())
-    converted = getattr(runtimes, runtime)(net, (128, 128), threads=2, cache_dir=tmp_path)
+    extra = {"bf16": True} if bf16 else {}
+    converted = getattr(runtimes, runtime)(net, (128, 128), threads=2, cache_dir=tmp_path, **extra)
     actual = converted(x)
-    assert actual.shape == expected.shape and torch.allclose(torch.sigmoid(actual), torch.sigmoid(expected), atol=2e-3)
+    assert actual.shape == expected.shape and torch.allclose(torch.sigmoid(actual), torch.sigmoid(expected), atol=atol)
     assert converted.source.parent == tmp_path and converted.source.is_file()  # cached for the next run
 
 

@@ -47,7 +47,7 @@ from bundle.pipeline.inferers import context_inferer
 from bundle.pipeline.measure import Nucleus, density_per_mm2, measure_nuclei
 from bundle.pipeline.predict import TilePredictor
 from bundle.pipeline.report import RunReport
-from bundle.pipeline.runtimes import CONVERTING_RUNTIMES, network_for_runtime
+from bundle.pipeline.runtimes import CONVERTING_RUNTIMES, network_for_runtime, resolve_bf16, resolve_runtime
 from bundle.pipeline.split import InstanceSplitter
 from bundle.pipeline.tiles import Box, TileGrid
 from bundle.training.checkpoints import load_state_dict
@@ -99,11 +99,14 @@ class NucleusSegmenter:
             before decoding (memory: 3 bytes a pixel); slides are read tile by tile whatever their size.
         max_mask_megapixels: ``<name>_seg.png`` is written for inputs up to this size (1 byte a pixel in memory);
             the instance TIFF holds the mask of larger ones.
-        amp: run the network under bfloat16 autocast (see :class:`TilePredictor`).
+        amp: compute the network in bfloat16: PyTorch under autocast (see :class:`TilePredictor`), OpenVINO with
+            its bfloat16 precision (ONNX Runtime stays float32); ``"auto"``: where bfloat16 is native on the device
+            (a CUDA GPU, or a CPU with AVX-512 BF16 or AMX; :func:`bundle.pipeline.runtimes.resolve_bf16`).
         channels_last: run the network in the channels-last memory format.
         stain_normalizer: applied to every tile before the network (see :class:`TilePredictor`); None: none.
         runtime: ``"torch"``, ``"torch_compile"``, or ``"openvino"`` / ``"onnxruntime"`` (the network converted,
-            CPU only); see :mod:`bundle.pipeline.runtimes`.
+            CPU only); ``"auto"``: the fastest whose masks agree with float32 for ``amp``
+            (:func:`bundle.pipeline.runtimes.resolve_runtime`); see :mod:`bundle.pipeline.runtimes`.
         tile_workers: threads that read the next tiles and split and measure the previous ones while the network
             runs (0: one tile after the other; the nuclei are the same either way).
         progress: show a progress bar over tiles.
@@ -131,7 +134,7 @@ class NucleusSegmenter:
         margin: int = 64,
         max_image_megapixels: float = 64.0,
         max_mask_megapixels: float = 64.0,
-        amp: bool = False,
+        amp: Union[bool, str] = False,
         channels_last: bool = False,
         stain_normalizer: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         runtime: str = "torch",
@@ -144,6 +147,8 @@ class NucleusSegmenter:
             raise ValueError(f"tile_size and model_mpp must be positive and margin non-negative, got {tile_size}, {model_mpp}, {margin}")
         keep_freed_memory()  # large tiles reuse freed memory instead of page-faulting (bundle.allocator)
         self.device = torch.device(device)
+        self.bf16 = resolve_bf16(amp, self.device)
+        runtime = resolve_runtime(runtime, self.device, self.bf16)
         if runtime in CONVERTING_RUNTIMES and self.device.type != "cpu":
             raise ValueError(f"runtime {runtime!r} runs on the CPU, got device {self.device}")
         self.network = network.to(self.device).eval()
@@ -155,7 +160,8 @@ class NucleusSegmenter:
         self.organ = organ
         self._converted: Optional[Callable[..., torch.Tensor]] = None  # the network in the runtime, made once
         self._runners: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}  # per organ prompts, made on first use
-        self.predictor = TilePredictor(self._runner(GENERIC), inferer, self.device, patch_size, amp, stain_normalizer, channels_last)
+        autocast = self.bf16 and runtime not in CONVERTING_RUNTIMES  # a converted network has its own precision
+        self.predictor = TilePredictor(self._runner(GENERIC), inferer, self.device, patch_size, autocast, stain_normalizer, channels_last)
         self.context = context_inferer(inferer)  # a context inferer: each tile's canvas is read from the source
         self.splitter = splitter
         self.model_mpp = float(model_mpp)
@@ -192,7 +198,7 @@ class NucleusSegmenter:
         memory does not grow with the number of organs."""
         if self._converted is None:
             text_shape = None if self.prompts is None else tuple(self.network.text_prior.shape)
-            self._converted = network_for_runtime(self.network, self.runtime, self.patch_size, text_shape)
+            self._converted = network_for_runtime(self.network, self.runtime, self.patch_size, text_shape, self.bf16)
         if self.prompts is None:
             return self._converted
         if prompts not in self._runners:
@@ -389,6 +395,8 @@ class NucleusSegmenter:
             "mpx_per_s_processed_model": round(region.processed_px / 1e6 / seconds, 4),
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "device": str(self.device),
+            "runtime": self.runtime,
+            "precision": "bfloat16" if self.bf16 else "float32",
             "weights": self.weights,
             "organ": organ if organ is not None else self.organ,
             "prompts": prompts,
