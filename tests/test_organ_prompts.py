@@ -180,6 +180,9 @@ def test_split_items_carry_organ_and_dataset():
     assert len(merged["train"]) + len(merged["validation"]) == 6
     assert {(i["dataset"], i["organ"]) for i in merged["train"] + merged["validation"]} >= {("tnbc", "breast")}
     assert {i["organ"] for i in merged["train"] + merged["validation"] if i["dataset"] == "monuseg"} == {GENERIC}
+    unseen = merge_splits(splits, validation_only=["tnbc"])  # trained without TNBC, validated on it
+    assert unseen["validation"] == merged["validation"] and {i["dataset"] for i in unseen["train"]} == {"monuseg"}
+    assert len(unseen["train"]) == sum(i["dataset"] == "monuseg" for i in merged["train"])
 
 
 @pytest.mark.parametrize("item, generic_prob, expected", [

@@ -287,7 +287,17 @@ def make_split(
     return {"train": train, "validation": val, "skipped": scan.skipped}
 
 
-def merge_splits(splits: Sequence[Dict[str, List[Dict[str, str]]]]) -> Dict[str, List[Dict[str, str]]]:
+def merge_splits(
+    splits: Sequence[Dict[str, List[Dict[str, str]]]], validation_only: Sequence[str] = ()
+) -> Dict[str, List[Dict[str, str]]]:
     """Concatenate the ``train``, ``validation`` and ``skipped`` lists of several :func:`make_split` results (each
-    data set split its own way, e.g. MoNuSeg by image and TNBC by patient)."""
-    return {key: [item for split in splits for item in split.get(key, [])] for key in ("train", "validation", "skipped")}
+    data set split its own way, e.g. MoNuSeg by image and TNBC by patient).
+
+    Args:
+        splits: the splits.
+        validation_only: names (``dataset`` of the items) of data sets whose training items are left out, so that
+            a model is trained without them and validated on them (a cohort it has not seen).
+    """
+    merged = {key: [item for split in splits for item in split.get(key, [])] for key in ("train", "validation", "skipped")}
+    merged["train"] = [item for item in merged["train"] if item.get("dataset") not in set(validation_only)]
+    return merged
