@@ -299,5 +299,6 @@ def merge_splits(
             a model is trained without them and validated on them (a cohort it has not seen).
     """
     merged = {key: [item for split in splits for item in split.get(key, [])] for key in ("train", "validation", "skipped")}
-    merged["train"] = [item for item in merged["train"] if item.get("dataset") not in set(validation_only)]
+    unseen = set(validation_only)
+    merged["train"] = [item for item in merged["train"] if item.get("dataset") not in unseen]
     return merged
