@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
+from skimage.morphology import h_maxima
 
 from bundle.io.images import read_mask
 from bundle.evaluation.metrics import aggregated_jaccard_index, detection_f1, instance_overlaps, panoptic_quality
-from bundle.pipeline.split import SplitNucleusChannelsd, binary_mask, split_instances
+from bundle.pipeline.split import SplitNucleusChannelsd, binary_mask, h_maxima_markers, split_instances
 from bundle.data.targets import instance_labels, normalized_distance
 from tests.helpers import MONUSEG
 
@@ -46,6 +48,32 @@ def test_split_instances_with_distance_markers(discs, n_instances):
     assert labels.max() == n_instances
     if n_instances:
         assert aggregated_jaccard_index(truth, labels) > 0.95
+
+
+H_MAXIMA_CASES = [
+    # (seed, blobs, height, shape): random bumps, some touching (also diagonally) and at the borders
+    (0, 12, 0.2, (64, 64)),
+    (1, 40, 0.2, (96, 80)),
+    (2, 40, 0.05, (96, 80)),
+    (3, 25, 0.6, (64, 64)),  # groups lower than the height get no marker
+]
+
+
+@pytest.mark.parametrize("seed, blobs, height, shape", H_MAXIMA_CASES)
+def test_h_maxima_markers_equal_skimage_on_the_whole_image(seed, blobs, height, shape):
+    rng = np.random.default_rng(seed)
+    energy = np.zeros(shape, np.float32)
+    energy[rng.integers(0, shape[0], blobs), rng.integers(0, shape[1], blobs)] = rng.uniform(0.3, 1.0, blobs)
+    energy = ndimage.gaussian_filter(energy, 3.0)
+    energy /= energy.max()
+    mask = energy > 0.05
+    energy = (energy + rng.uniform(0, 0.01, shape).astype(np.float32)) * mask
+    expected = h_maxima(energy, height).astype(bool) & mask
+    np.testing.assert_array_equal(h_maxima_markers(energy, mask, height), expected)
+
+
+def test_h_maxima_markers_on_an_empty_mask():
+    assert not h_maxima_markers(np.zeros((8, 8), np.float32), np.zeros((8, 8), bool), 0.2).any()
 
 
 def test_split_instances_distance_checks_shape():

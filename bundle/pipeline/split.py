@@ -14,7 +14,7 @@ from skimage.feature import peak_local_max
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-__all__ = ["DISTANCE_SIGMA", "as_2d", "binary_mask", "split_instances", "InstanceSplitter", "SplitNucleusChannelsd"]
+__all__ = ["DISTANCE_SIGMA", "as_2d", "binary_mask", "h_maxima_markers", "split_instances", "InstanceSplitter", "SplitNucleusChannelsd"]
 
 DISTANCE_SIGMA = 1.0  # pixels: smoothing of the predicted distance before its h-maxima are taken
 
@@ -56,6 +56,38 @@ def binary_mask(prob: Any, threshold: float = 0.5, min_size: int = 10) -> np.nda
     keep = sizes >= min_size
     keep[0] = False
     return keep[components]
+
+
+def h_maxima_markers(energy: np.ndarray, mask: np.ndarray, height: float) -> np.ndarray:
+    """The h-maxima of ``energy`` inside ``mask``, found nucleus group by nucleus group.
+
+    The same pixels as ``skimage.morphology.h_maxima(energy, height) & mask`` for an energy that is positive inside
+    the mask and zero outside it, at a fraction of the cost: the grey reconstruction behind h-maxima sorts every
+    pixel of the image (about 1 s per megapixel), but maxima cannot interact across the zero background, so each
+    8-connected group of mask pixels is reconstructed alone in its bounding box (framed by one pixel of zeros).
+    A group whose peak is lower than ``height`` has no h-maximum (the zero background floods it), as in the whole
+    image.
+
+    Args:
+        energy: float (H, W), > 0 inside ``mask`` and 0 outside it (the smoothed predicted distance times the mask).
+        mask: bool (H, W).
+        height: h of the h-maxima, > 0.
+
+    Returns:
+        bool (H, W): marker pixels.
+    """
+    markers = np.zeros(mask.shape, bool)
+    groups, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return markers
+    for label, box in enumerate(ndimage.find_objects(groups), start=1):
+        inside = groups[box] == label
+        crop = np.where(inside, energy[box], 0).astype(energy.dtype, copy=False)
+        if crop.max() < height:
+            continue
+        crop = np.pad(crop, 1)
+        markers[box] |= h_maxima(crop, height)[1:-1, 1:-1].astype(bool) & inside
+    return markers
 
 
 def split_instances(
@@ -103,7 +135,7 @@ def split_instances(
         if energy.shape != mask.shape:
             raise ValueError(f"distance is {energy.shape[0]}x{energy.shape[1]}, prob is {mask.shape[0]}x{mask.shape[1]}")
         smooth = (ndimage.gaussian_filter(energy, distance_sigma) if distance_sigma > 0 else energy) * mask
-        markers, _ = ndimage.label(h_maxima(smooth, marker_height) & mask)
+        markers, _ = ndimage.label(h_maxima_markers(smooth, mask, marker_height))
     else:
         energy = ndimage.distance_transform_edt(mask)
         if sigma > 0:
