@@ -65,8 +65,8 @@ def h_maxima_markers(energy: np.ndarray, mask: np.ndarray, height: float) -> np.
     the mask and zero outside it, at a fraction of the cost: the grey reconstruction behind h-maxima sorts every
     pixel of the image (about 1 s per megapixel), but maxima cannot interact across the zero background, so each
     8-connected group of mask pixels is reconstructed alone in its bounding box (framed by one pixel of zeros).
-    A group whose peak is lower than ``height`` has no h-maximum (the zero background floods it), as in the whole
-    image.
+    A group whose peak is lower than ``height`` has no h-maximum: in the whole image the zero background, raised to
+    0 by any group that reaches ``height``, floods it (:func:`split_instances` then gives it one marker of its own).
 
     Args:
         energy: float (H, W), > 0 inside ``mask`` and 0 outside it (the smoothed predicted distance times the mask).
