@@ -44,6 +44,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--organ", default=None, help="organ of the tissue, for the network's prompts (e.g. breast; default: unknown)")
     parser.add_argument("--organ_csv", default=None, help="CSV with id (or image) and organ columns: each input's organ")
     parser.add_argument("--tta", action="store_true", help="average the four flips of every tile (4x the time)")
+    parser.add_argument("--sw_overlap", type=float, default=None,
+                        help="overlap of the network's windows in [0, 1) (default 0.25; 0.03: 1.5x faster, AJI -0.0065)")
     parser.add_argument("--cohort", action="store_true", help="cohort job: shared among torchrun's ranks, resumable, cohort.csv")
     parser.add_argument("--backend", default=None, help="with --cohort under torchrun: gloo or nccl (default: nccl with CUDA, else gloo)")
     parser.add_argument("--no_progress", action="store_true")
@@ -53,6 +55,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_ERROR
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     overrides = {"progress": not args.no_progress, "tta": args.tta, "organ": args.organ}
+    if args.sw_overlap is not None:
+        if not 0.0 <= args.sw_overlap < 1.0:
+            print(f"error: --sw_overlap must be in [0, 1), got {args.sw_overlap}", file=sys.stderr)
+            return EXIT_ERROR
+        overrides["sw_overlap"] = args.sw_overlap
     if args.model:
         overrides["checkpoint"] = str(Path(args.model).resolve())
     if args.device:

@@ -288,6 +288,13 @@ def test_fatal_input_errors_are_one_line(tmp_path, door, case, message):
         assert json.loads((out / "report.json").read_text())["written"] == [], "report.json is written"
 
 
+@pytest.mark.parametrize("overlap", ["1.5", "-0.1"])
+def test_segment_slides_rejects_a_window_overlap_outside_0_1(tmp_path, overlap):
+    proc = run(segment_slides(first_sample(), "-o", tmp_path, "--sw_overlap", overlap))
+    assert proc.returncode == EXIT_ERROR and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: --sw_overlap must be in [0, 1), got {float(overlap)}"
+
+
 def test_main_job_exits_zero_when_all_written(tmp_path):
     proc = run(bundle_cli("--output_dir", tmp_path))
     assert proc.returncode == EXIT_OK, proc.stderr[-3000:]
