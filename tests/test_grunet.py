@@ -155,6 +155,26 @@ def test_train_mode_samples_attention(kwargs):
         assert not torch.allclose(net(x), net(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gdam_sampling_gradient_stays_finite_where_its_variance_vanishes(dtype):
+    """The sd head at -200 (softplus 0) and a dead text branch (variance 0): sqrt(0) without a floor."""
+    from bundle.networks.blocks import GdAM
+
+    torch.manual_seed(0)
+    gdam = GdAM(in_channels=8, features=4, num_scales=2).train()
+    torch.nn.init.constant_(gdam.sd_head.pointwise.bias, -200.0)
+    for up in gdam.text_up:  # ReLU(-1) = 0 everywhere
+        torch.nn.init.zeros_(up.weight)
+        torch.nn.init.constant_(up.bias, -1.0)
+    bottleneck = torch.randn(1, 8, 4, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        maps = gdam(bottleneck, torch.ones(1, 1, 4, 4), sample=True)
+        loss = sum(m.float().sum() for m in maps)
+    loss.backward()
+    grads = [bottleneck.grad] + [p.grad for p in gdam.parameters() if p.grad is not None]
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
 def test_train_mode_without_gdam_is_deterministic():
     """Control for the test above: with no GdAM (and no dropout) a training-mode pass has no randomness."""
     torch.manual_seed(0)

@@ -139,6 +139,18 @@ def test_resumed_training_history_has_no_duplicates(tmp_path):
     assert dropped and {r["epoch"] for r in dropped} == {2} and "val_mean_dice" in dropped[-1]
 
 
+def test_training_stops_at_the_first_non_finite_loss(tmp_path):
+    """A learning rate of 1e30 makes the second loss NaN: one error line, no further iterations, no checkpoint."""
+    out = tmp_path / "run"
+    args = cli_overrides({**TINY, "dataset_dir": MONUSEG, "output_dir": out, "epochs": 3, "learning_rate": 1e30})
+    log = _ok(bundle_run(["training", "--config_file", "configs/train.json", *META, *args]))
+    (error,) = [line for line in log.splitlines() if "training loss is" in line]
+    assert "ERROR" in error and "at epoch 1, iteration 2: training stopped" in error
+    iterations = [r for r in _records(out / HISTORY) if r["event"] == "iteration"]
+    assert [r["iteration"] for r in iterations] == [1, 2]
+    assert not list((out / "checkpoints").glob("*.pt"))
+
+
 def test_truncate_history_and_best_metric_of_dropped_records(tmp_path):
     from monai.handlers import CheckpointSaver
 

@@ -287,6 +287,9 @@ class SeparableHead(nn.Module):
         return self.pointwise(self.depthwise(x))
 
 
+SIGMA_FLOOR = 1e-6  # added to GdAM's sampling variance: a finite gradient where the variance reaches 0
+
+
 class GdAM(nn.Module):
     """Gaussian distribution-based Attention Module: text-guided spatial attention for each decoder level.
 
@@ -294,9 +297,13 @@ class GdAM(nn.Module):
     x_i at the decoder resolutions (H/8 ... H/1 for four scales); the text map goes through its own chain of
     1-channel transposed convolutions to t_i. For each scale
     ``mu_i = softplus(mu_head(x_i)) + mean(t_i)`` and
-    ``sigma_i = sqrt(softplus(sd_head(x_i))^2 + var(t_i))`` (heads shared across scales, population variance).
-    The attention is mu_i at evaluation; in training (or when ``sample`` is asked) it is a reparameterised
-    sample ``mu_i + sigma_i * eps``.
+    ``sigma_i = sqrt(softplus(sd_head(x_i))^2 + var(t_i) + SIGMA_FLOOR)`` (heads shared across scales, population
+    variance). The attention is mu_i at evaluation; in training (or when ``sample`` is asked) it is a
+    reparameterised sample ``mu_i + sigma_i * eps``. Training drives the sd head towards zero (the shipped model's
+    softplus reaches 3e-44 at the last scale) and the text variance is small (1e-7 .. 4e-4), so without the floor
+    the square root meets 0 (in bfloat16 first) and its gradient is infinite: a full-size bf16 training run on CPU
+    turned every weight to NaN after 66 iterations. The floor (1e-6, sigma >= 0.001) keeps the gradient finite and
+    changes nothing at evaluation.
 
     Args:
         in_channels: bottleneck channels (853 in the reference).
@@ -326,7 +333,8 @@ class GdAM(nn.Module):
             t = F.relu(text_up(t))
             mu = F.softplus(self.mu_head(x)) + t.mean(dim=(1, 2, 3), keepdim=True)
             if sample:
-                sigma = torch.sqrt(F.softplus(self.sd_head(x)) ** 2 + t.var(dim=(1, 2, 3), unbiased=False, keepdim=True))
+                variance = F.softplus(self.sd_head(x)) ** 2 + t.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
+                sigma = torch.sqrt(variance + SIGMA_FLOOR)
                 maps.append(mu + sigma * torch.randn_like(mu))
             else:
                 maps.append(mu)
