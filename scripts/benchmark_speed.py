@@ -43,13 +43,14 @@ OPTIONS: Dict[str, Dict[str, Any]] = {
     "grunet_openvino": OPENVINO,
     "grunet_openvino_bf16": {**OPENVINO, "bf16": True},
     "grunet_onnxruntime": {"runtime": "onnxruntime", "bf16": False},
-    "grunet_512_windows": {**TORCH, "channels_last": True, "patch_size": [512, 512], "sw_overlap": 0.125},
-    # fewer window positions per 1000x1000 image (bf16 + channels_last; 256/0.25 runs 25 windows = 1.64 Mpx)
-    "grunet_bf16_w256_o0.03": {**TORCH, "bf16": True, "channels_last": True, "sw_overlap": 0.03},  # 16 windows, 1.05 Mpx
-    "grunet_bf16_w272_o0.1": {**TORCH, "bf16": True, "channels_last": True, "patch_size": [272, 272], "sw_overlap": 0.1},  # 16, 1.18 Mpx
-    "grunet_bf16_w288_o0.17": {**TORCH, "bf16": True, "channels_last": True, "patch_size": [288, 288], "sw_overlap": 0.17},  # 16, 1.33 Mpx
-    "grunet_bf16_w384_o0.18": {**TORCH, "bf16": True, "channels_last": True, "patch_size": [384, 384], "sw_overlap": 0.18},  # 9, 1.33 Mpx
-    "grunet_bf16_w512_o0.04": {**TORCH, "bf16": True, "channels_last": True, "patch_size": [512, 512], "sw_overlap": 0.04,
+    "grunet_512_windows": {**TORCH, "channels_last": True, "window_size": [512, 512], "sw_overlap": 0.125},
+    # window size and overlap per 1000x1000 image (bf16 + channels_last; the default 272/0.1 runs 16 windows = 1.18 Mpx)
+    "grunet_bf16_w256_o0.25": {**TORCH, "bf16": True, "channels_last": True, "window_size": [256, 256], "sw_overlap": 0.25},  # 25, 1.64 Mpx (0.6.0)
+    "grunet_bf16_w256_o0.03": {**TORCH, "bf16": True, "channels_last": True, "window_size": [256, 256], "sw_overlap": 0.03},  # 16, 1.05 Mpx
+    "grunet_bf16_w272_o0.1": {**TORCH, "bf16": True, "channels_last": True, "window_size": [272, 272], "sw_overlap": 0.1},  # 16, 1.18 Mpx
+    "grunet_bf16_w288_o0.17": {**TORCH, "bf16": True, "channels_last": True, "window_size": [288, 288], "sw_overlap": 0.17},  # 16, 1.33 Mpx
+    "grunet_bf16_w384_o0.18": {**TORCH, "bf16": True, "channels_last": True, "window_size": [384, 384], "sw_overlap": 0.18},  # 9, 1.33 Mpx
+    "grunet_bf16_w512_o0.04": {**TORCH, "bf16": True, "channels_last": True, "window_size": [512, 512], "sw_overlap": 0.04,
                                "sw_batch_size": 1},  # 4 windows, 1.05 Mpx
     "grunet_bf16_batch1": {**TORCH, "bf16": True, "channels_last": True, "sw_batch_size": 1},
     "compact_fp32": {"variant": "compact", **TORCH, "channels_last": False},

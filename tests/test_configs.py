@@ -54,7 +54,7 @@ def test_train_and_inference_share_network_preprocessing_inferer_postprocessing(
     infer = load_config("inference")
     assert train["network_def"] == infer["network_def"]
     assert train["patch_size"] == infer["patch_size"]
-    for key in ("sw_batch_size", "sw_overlap", "tta", "stain_normalization", "text_prior", "text_prior_file"):
+    for key in ("window_size", "sw_batch_size", "sw_overlap", "tta", "stain_normalization", "text_prior", "text_prior_file"):
         assert train[key] == infer[key], key
     assert train["validate#inferer"] == infer["inferer"]
     # the same steps and values; inference takes its threshold from the instance splitter ("@splitter#threshold")

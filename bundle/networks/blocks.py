@@ -323,6 +323,7 @@ class GdAM(nn.Module):
         self.text_up = nn.ModuleList([nn.ConvTranspose2d(1, 1, 2, stride=2) for _ in range(num_scales)])
         self.mu_head = SeparableHead(features)
         self.sd_head = SeparableHead(features)
+        self.sigma_floor = SIGMA_FLOOR  # an attribute: TorchScript does not read module-level floats
 
     def forward(self, bottleneck: torch.Tensor, text_map: torch.Tensor, sample: bool) -> List[torch.Tensor]:
         maps: List[torch.Tensor] = []
@@ -334,7 +335,7 @@ class GdAM(nn.Module):
             mu = F.softplus(self.mu_head(x)) + t.mean(dim=(1, 2, 3), keepdim=True)
             if sample:
                 variance = F.softplus(self.sd_head(x)) ** 2 + t.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
-                sigma = torch.sqrt(variance + SIGMA_FLOOR)
+                sigma = torch.sqrt(variance + self.sigma_floor)
                 maps.append(mu + sigma * torch.randn_like(mu))
             else:
                 maps.append(mu)
