@@ -77,9 +77,7 @@ def h_maxima_markers(energy: np.ndarray, mask: np.ndarray, height: float) -> np.
         bool (H, W): marker pixels.
     """
     markers = np.zeros(mask.shape, bool)
-    groups, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    if count == 0:
-        return markers
+    groups, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
     for label, box in enumerate(ndimage.find_objects(groups), start=1):
         inside = groups[box] == label
         crop = np.where(inside, energy[box], 0).astype(energy.dtype, copy=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -31,7 +31,6 @@ class StopOnNonFiniteLoss:
 
     def __init__(self, output_transform: Optional[Callable[[Any], Any]] = None):
         self.output_transform = output_transform or from_engine(["loss"], first=True)
-        self.stopped_at: Optional[Tuple[int, int]] = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -44,7 +43,6 @@ class StopOnNonFiniteLoss:
         if not bad.item():
             return
         value = float(loss.float().mean())
-        self.stopped_at = (engine.state.epoch, engine.state.iteration)
         logger.error(
             "training loss is %s at epoch %d, iteration %d: training stopped (lower --learning_rate, or train in "
             "fp32 with --train_bf16 False; --resume true starts from the last checkpoint)",
