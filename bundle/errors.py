@@ -14,12 +14,13 @@ named with its reason in ``report.json``.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from types import TracebackType
-from typing import Optional, Type
+from typing import Dict, Optional, Type
 
-__all__ = ["InputError", "EXIT_OK", "EXIT_ERROR", "EXIT_SKIPPED", "find_input_error", "install_error_hook"]
+__all__ = ["InputError", "EXIT_OK", "EXIT_ERROR", "EXIT_SKIPPED", "find_input_error", "install_error_hook", "require_packages"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -28,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
-    """A path, file or option the bundle cannot use; the message names it and the problem."""
+    """A path, file or option the bundle cannot use, or a package a task needs; the message names it and the
+    problem."""
 
 
 def find_input_error(error: Optional[BaseException]) -> Optional[InputError]:
@@ -59,3 +61,19 @@ def install_error_hook() -> None:
     """Print an uncaught :class:`InputError` as one line ``error: <message>`` (exit status 1); other errors
     keep Python's full traceback."""
     sys.excepthook = _report_input_error
+
+
+def require_packages(task: str, packages: Dict[str, str], requirements: str = "requirements-train.txt") -> None:
+    """Check that the modules a task needs are installed, before it builds anything.
+
+    Args:
+        task: what needs them, for the message (``"training"``).
+        packages: module name -> the name pip installs it by (``{"ignite": "pytorch-ignite"}``).
+        requirements: the requirements file that has them.
+
+    Raises:
+        InputError: ``<task>: <pip names> not installed; pip install -r <requirements>``.
+    """
+    missing = [pip_name for module, pip_name in packages.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise InputError(f"{task}: {', '.join(missing)} not installed; pip install -r {requirements}")

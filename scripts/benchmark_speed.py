@@ -7,7 +7,8 @@ Each option runs in a fresh process (so that its peak RSS is its own) on the sam
 thread count stated: end-to-end megapixels per second (read -> tiles -> network -> instances -> files, the
 bundle's ``NucleusSegmenter.segment``) and network-only megapixels per second (the predictor on the decoded image:
 sliding window and network); the ratio of each to BasicUNet (features 32..256, fp32, eager, through the same
-pipeline); achieved GFLOP/s of the network (FlopCounterMode FLOPs of the windows run, over the network time)
+pipeline, with the trained weights of ``models/basicunet_yardstick.pt`` so that its instances and files cost what
+a working model's do: untrained weights gave a few image-sized blobs whose polygons cost more than its network); achieved GFLOP/s of the network (FlopCounterMode FLOPs of the windows run, over the network time)
 against the CPU's peak (cores x clock x FP32 FLOPs per cycle per core, stated); the agreement of each option with
 fp32 eager of the same network (shipped ``grunet`` or ``compact`` GRU-Net: Dice between the two masks, AJI
 difference); and, when the images have masks, each option's Dice and AJI against the truth. The compact rows need
@@ -33,10 +34,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+YARDSTICK = Path(__file__).resolve().parents[1] / "models" / "basicunet_yardstick.pt"  # BasicUNet 32..256, trained
 # option: overrides of configs/inference.json; "variant" picks the model variant (bundle.config_io.MODEL_VARIANTS)
 TORCH = {"runtime": "torch", "bf16": False}
 OPENVINO = {"runtime": "openvino", "bf16": False}
 OPTIONS: Dict[str, Dict[str, Any]] = {
+    "grunet_auto": {},  # the configs as shipped: runtime and bf16 "auto" (what every entry point runs on this CPU)
     "grunet_fp32": {**TORCH, "channels_last": False},
     "grunet_channels_last": {**TORCH, "channels_last": True},
     "grunet_bf16_channels_last": {**TORCH, "bf16": True, "channels_last": True},
@@ -53,6 +56,7 @@ OPTIONS: Dict[str, Dict[str, Any]] = {
     "grunet_bf16_w512_o0.04": {**TORCH, "bf16": True, "channels_last": True, "window_size": [512, 512], "sw_overlap": 0.04,
                                "sw_batch_size": 1},  # 4 windows, 1.05 Mpx
     "grunet_bf16_batch1": {**TORCH, "bf16": True, "channels_last": True, "sw_batch_size": 1},
+    "compact_auto": {"variant": "compact"},
     "compact_fp32": {"variant": "compact", **TORCH, "channels_last": False},
     "compact_channels_last": {"variant": "compact", **TORCH, "channels_last": True},
     "compact_bf16_channels_last": {"variant": "compact", **TORCH, "bf16": True, "channels_last": True},
@@ -61,7 +65,8 @@ OPTIONS: Dict[str, Dict[str, Any]] = {
     "compact_openvino_bf16": {"variant": "compact", **OPENVINO, "bf16": True},
     "compact_onnxruntime": {"variant": "compact", "runtime": "onnxruntime", "bf16": False},
     "basicunet_fp32": {**TORCH, "channels_last": False, "network_def": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
-                                       "features": [32, 32, 64, 128, 256, 32]}, "checkpoint": None},
+                                       "features": [32, 32, 64, 128, 256, 32]},
+                       "checkpoint": str(YARDSTICK)},
 }
 BASELINE = "basicunet_fp32"
 
@@ -126,7 +131,7 @@ def worker(option: str, images: List[Dict[str, Optional[str]]], out_dir: Path, t
         nuclei += int(summary["nucleus_count"])
         np.save(out_dir / f"{summary['name']}.npy", __import__("tifffile").imread(summary["files"]["instances"]))
     return {
-        "option": option, "megapixels": mpx, "nuclei": nuclei, "bf16": bool(segmenter.bf16), "end_to_end_s": end_to_end, "network_s": network,
+        "option": option, "megapixels": mpx, "nuclei": nuclei, "bf16": bool(segmenter.bf16), "runtime": segmenter.runtime, "end_to_end_s": end_to_end, "network_s": network,
         "end_to_end_mpx_s": mpx / end_to_end, "network_mpx_s": mpx / network, "gflop_s": flops / network / 1e9,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
@@ -134,8 +139,10 @@ def worker(option: str, images: List[Dict[str, Optional[str]]], out_dir: Path, t
 
 def cpu_peak_gflops(threads: int) -> Dict[str, Any]:
     """cores x clock x FP32 FLOPs per cycle per core: 64 with AVX-512 on two 512-bit FMA units (Intel), 32 where
-    AVX-512 runs on two 256-bit FMA units (AMD Zen 4, family 25) and with AVX2, 8 otherwise. bfloat16 dot products
-    (AVX-512 BF16) do twice the FP32 rate."""
+    AVX-512 runs on two 256-bit FMA units (AMD Zen 4, family 25) and with AVX2, 8 otherwise. bfloat16 does twice
+    the FP32 rate where :func:`bundle.pipeline.runtimes.cpu_bf16_is_fast` (AMX, or AVX-512 BF16 on AMD)."""
+    from bundle.pipeline.runtimes import cpu_bf16_is_fast
+
     flags, mhz, model, vendor, family = "", 0.0, platform.processor(), "", 0
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -156,7 +163,7 @@ def cpu_peak_gflops(threads: int) -> Dict[str, Any]:
     per_cycle = 64 if "avx512f" in flags and not double_pumped else 32 if "avx2" in flags else 8
     return {
         "cpu": model, "vendor": vendor, "threads": threads, "clock_ghz": mhz / 1e3, "fp32_flops_per_cycle": per_cycle,
-        "bf16_hardware": any(f in flags for f in ("avx512_bf16", "amx_bf16")),
+        "bf16_hardware": any(f in flags for f in ("avx512_bf16", "amx_bf16")), "bf16_fast": cpu_bf16_is_fast(),
         "peak_gflop_s": threads * mhz / 1e3 * per_cycle,
     }
 
@@ -206,7 +213,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:
         print(f"error: unknown options {sorted(unknown)}; choose from {', '.join(OPTIONS)}", file=sys.stderr)
         return 1
-    options = [o for o in OPTIONS if o in set(options) | {BASELINE} | {reference_of(o) for o in options}]  # with their yardsticks
+    references = {reference_of(o) for o in options} | {BASELINE}
+    options = [o for o in OPTIONS if o in references] + [o for o in OPTIONS if o in set(options) - references]  # yardsticks first
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
     results: Dict[str, Dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="benchmark_speed_") as tmp:
@@ -222,17 +230,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                 continue
             results[option] = json.loads(line[len("RESULT "):])
             reference = reference_of(option)
-            if "checkpoint" not in OPTIONS[option] and reference in results:  # trained weights: masks comparable
+            if reference in results:
                 results[option].update(agreement(work, Path(tmp) / reference, images))
             print(f"{option}: {results[option]['end_to_end_mpx_s']:.4f} Mpx/s end to end", file=sys.stderr, flush=True)
     peak = cpu_peak_gflops(args.threads)
     base = results.get(BASELINE)
     print(f"{len(images)} images, {results[BASELINE]['megapixels']:.2f} Mpx, {peak['threads']} threads on {peak['cpu']} "
           f"({peak['clock_ghz']:.2f} GHz; peak {peak['peak_gflop_s']:.0f} GFLOP/s = {peak['threads']} cores x "
-          f"{peak['clock_ghz']:.2f} GHz x {peak['fp32_flops_per_cycle']} FP32 FLOPs/cycle; bf16 in hardware: {peak['bf16_hardware']}, "
-          f"bf16 peak twice that)")
-    print("| option | end-to-end Mpx/s | x BasicUNet | network Mpx/s | x BasicUNet | GFLOP/s | % of peak | peak RSS MB | nuclei | Dice vs fp32 | AJI - fp32 | Dice | AJI |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"{peak['clock_ghz']:.2f} GHz x {peak['fp32_flops_per_cycle']} FP32 FLOPs/cycle; bf16 in hardware: {peak['bf16_hardware']}"
+          f"{', at twice that rate' if peak['bf16_fast'] else ', at the FP32 rate or less' if peak['bf16_hardware'] else ''})")
+    print("| option | runs as | end-to-end Mpx/s | x BasicUNet | network Mpx/s | x BasicUNet | GFLOP/s | % of peak | peak RSS MB | nuclei | Dice vs fp32 | AJI - fp32 | Dice | AJI |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for option, r in results.items():
         e2e = f"{r['end_to_end_mpx_s'] / base['end_to_end_mpx_s']:.2f}" if base else "-"
         net = f"{r['network_mpx_s'] / base['network_mpx_s']:.2f}" if base else "-"
@@ -240,7 +248,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         aji = f"{r['aji']:.4f}" if "aji" in r else "-"
         truth = f"{r['dice']:.4f}" if "dice" in r else "-"
         daji = f"{r['aji_minus_fp32']:+.4f}" if "aji_minus_fp32" in r else "-"
-        print(f"| {option} | {r['end_to_end_mpx_s']:.4f} | {e2e} | {r['network_mpx_s']:.4f} | {net} | {r['gflop_s']:.1f} "
+        runs_as = f"{r['runtime']} {'bf16' if r['bf16'] else 'fp32'}"
+        print(f"| {option} | {runs_as} | {r['end_to_end_mpx_s']:.4f} | {e2e} | {r['network_mpx_s']:.4f} | {net} | {r['gflop_s']:.1f} "
               f"| {100 * r['gflop_s'] / peak['peak_gflop_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['nuclei']} | {dice} | {daji} | {truth} | {aji} |")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

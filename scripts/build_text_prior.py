@@ -13,6 +13,7 @@ from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bundle.errors import install_error_hook, require_packages  # noqa: E402
 from bundle.networks.text_prior import (  # noqa: E402
     DEFAULT_ENCODER,
     POOLING_MODES,
@@ -30,6 +31,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--pooling", default="mean", choices=POOLING_MODES)
     parser.add_argument("--output", default="models/text_prior.pt")
     args = parser.parse_args(argv)
+    install_error_hook()
+    require_packages("building the text prior", {"transformers": "transformers"})
     organs, template = read_organ_prompts(args.prompts)
     record = build_text_prior(read_prompts(args.prompts), args.encoder, args.pooling, organs, template)
     save_text_prior(record, args.output)

@@ -70,6 +70,18 @@ def _launch(variant: str, stage: str, args: argparse.Namespace) -> subprocess.Po
     return subprocess.Popen([sys.executable, "-m", "monai.bundle", "run", *cmd, *common], cwd=BUNDLE_ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
+def _parsed_overrides(pairs: List[str]) -> Dict[str, object]:
+    """``id=value`` pairs as the bundle CLI reads them: JSON values (numbers, lists, booleans), else strings."""
+    parsed: Dict[str, object] = {}
+    for pair in pairs:
+        key, value = pair.split("=", 1)
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
 def _row(name: str, summary: Dict) -> str:
     """One table row: means over all validation images, then Dice and AJI per data set."""
     if "mean_dice" not in summary:
@@ -121,7 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     results = {}
     for name, variant, stage in [(v, v, "eval") for v in variants] + [(f"{v} (generic prompts)", v, "eval_generic") for v in generic]:
         summary = Path(args.output_dir) / variant / stage / "metrics_summary.json"
-        overrides = width_overrides(variant.split("+")[0], args.width)
+        overrides = {**_parsed_overrides(args.override), **width_overrides(variant.split("+")[0], args.width)}
         config = load_config(["train", *[str(BUNDLE_ROOT / f) for f in args.configs + overlays_of(variant)]], overrides=overrides)
         results[name] = {
             "parameters": sum(p.numel() for p in config.get_parsed_content("network_def").parameters() if p.requires_grad),

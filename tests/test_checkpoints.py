@@ -63,6 +63,15 @@ def test_shipped_model_loads_weights_only_into_the_configured_network():
     assert "stem.shortcut.conv.weight" in raw and any(k.startswith("distance.") for k in raw)
 
 
+def test_speed_yardstick_loads_weights_only_into_monai_basicunet():
+    from monai.networks.nets import BasicUNet
+
+    path = BUNDLE_ROOT / "models" / "basicunet_yardstick.pt"  # scripts/benchmark_speed.py's BasicUNet, trained
+    net = BasicUNet(spatial_dims=2, in_channels=3, out_channels=2, features=(32, 32, 64, 128, 256, 32))
+    assert net.load_state_dict(load_state_dict(path), strict=True) is not None
+    assert net.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+
+
 def test_restore_best_metric_into_a_monai_saver(tmp_path):
     from monai.handlers import CheckpointSaver
 

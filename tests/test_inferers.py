@@ -84,10 +84,10 @@ def test_autocast_inferer(bf16, computed):
 
 
 def test_autocast_inferer_auto_and_bad_setting():
-    from bundle.pipeline.runtimes import cpu_supports_bf16
+    from bundle.pipeline.runtimes import cpu_bf16_is_fast
 
     net = ConvDtype()
     AutocastInferer(bf16="auto")(torch.rand(1, 3, 8, 8), net)
-    assert net.dtype == (torch.bfloat16 if cpu_supports_bf16() else torch.float32)
+    assert net.dtype == (torch.bfloat16 if cpu_bf16_is_fast() else torch.float32)
     with pytest.raises(ValueError, match="bf16 must be true, false or 'auto'"):
         AutocastInferer(bf16="fast")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from bundle.pipeline.check import check_output_dir, list_inputs, output_names
 from bundle.pipeline.predict import TilePredictor
 from bundle.pipeline.split import InstanceSplitter
 from bundle.pipeline.tiles import TileGrid
-from tests.helpers import LIGHT_OVERRIDES, ROOT, first_sample, make_pipeline_cases, sample_rgb, write_png_header_only
+from tests.helpers import LIGHT_OVERRIDES, MONUSEG, ROOT, first_sample, make_pipeline_cases, sample_rgb, write_png_header_only
 
 PY = sys.executable
 META = ["--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf"]
@@ -175,6 +176,23 @@ def test_find_input_error_looks_inside_wrapped_errors():
     assert find_input_error(RuntimeError("other")) is None
 
 
+@pytest.mark.parametrize(
+    "packages, message",
+    [
+        ({"json": "json"}, None),
+        ({"json": "json", "no_such_module_xyz": "no-such-package"}, "training: no-such-package not installed; pip install -r requirements-train.txt"),
+    ],
+)
+def test_require_packages_names_what_is_missing_and_where_it_is(packages, message):
+    from bundle.errors import require_packages
+
+    if message is None:
+        assert require_packages("training", packages) is None
+    else:
+        with pytest.raises(InputError, match=re.escape(message)):
+            require_packages("training", packages)
+
+
 # -- bad input through the command lines ------------------------------------------------------------------------
 def env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
@@ -197,6 +215,27 @@ def segment_slides(*args) -> list:
 
 def run(cmd: list) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)
+
+
+TRAINING_ONLY = ("ignite", "mlflow", "transformers", "matplotlib")  # requirements-train.txt, not requirements.txt
+
+
+def test_inference_runs_without_the_training_packages(tmp_path):
+    """Inference by the bundle CLI in a process where requirements-train.txt's packages cannot be imported (as in an
+    environment made from requirements.txt alone); the workflows that need them stop with one line."""
+    block = f"import runpy, sys; sys.modules.update(dict.fromkeys({TRAINING_ONLY!r}));"
+    out = tmp_path / "out"
+    main = block + " sys.argv = ['monai.bundle', *sys.argv[1:]]; runpy.run_module('monai.bundle', run_name='__main__')"
+    cmd = [PY, "-c", main, "run", "--config_file", "['configs/inference.json','configs/compact.json']", *META,
+           "--dataset_dir", MONUSEG / "images", "--output_dir", out, "--progress", "False", "--runtime", "torch"]
+    proc = run([str(c) for c in cmd])
+    assert proc.returncode == EXIT_OK, proc.stderr[-3000:]
+    assert len(json.loads((out / "report.json").read_text())["written"]) == len(list((MONUSEG / "images").glob("*.png")))
+    train = [PY, "-c", main, "run", "training", "--config_file", "configs/train.json", *META, "--dataset_dir", MONUSEG]
+    proc = run([str(c) for c in train])
+    assert proc.returncode == EXIT_ERROR and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: training and evaluation: pytorch-ignite, mlflow not installed; pip install -r requirements-train.txt")
 
 
 @pytest.fixture(scope="module")
@@ -340,18 +379,20 @@ def test_resolve_bf16(bf16, device, expected):
 
 
 def test_bf16_auto_follows_the_hardware():
-    from bundle.pipeline.runtimes import cpu_supports_bf16, resolve_bf16
+    from bundle.pipeline.runtimes import cpu_bf16_is_fast, cpu_vendor, resolve_bf16
 
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else []
     if flags:
-        assert cpu_supports_bf16() == any(f in flags for f in ("avx512_bf16", "amx_bf16"))
-    assert resolve_bf16("auto", "cpu") == cpu_supports_bf16()
+        amd = "AuthenticAMD" in flags
+        assert cpu_vendor() == ("AuthenticAMD" if amd else "GenuineIntel" if "GenuineIntel" in flags else cpu_vendor())
+        assert cpu_bf16_is_fast() == ("amx_bf16" in flags or ("avx512_bf16" in flags and amd))
+    assert resolve_bf16("auto", "cpu") == cpu_bf16_is_fast()
     assert resolve_bf16("auto", "cuda") == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     with pytest.raises(ValueError, match="bf16 must be true, false or 'auto', got 'yes'"):
         resolve_bf16("yes", "cpu")
     default = {**LIGHT_OVERRIDES, "checkpoint": None, "progress": False, "device": "$torch.device('cpu')"}
     segmenter = load_config("inference", overrides=default).get_parsed_content("segmenter")  # bf16 and runtime "auto"
-    assert segmenter.bf16 == cpu_supports_bf16() and segmenter.predictor.amp == segmenter.bf16
+    assert segmenter.bf16 == cpu_bf16_is_fast() and segmenter.predictor.amp == segmenter.bf16
     assert segmenter.runtime == ("torch" if segmenter.bf16 else "openvino")
     compact = load_config("inference", overrides=default, variant="compact").get_parsed_content("segmenter")
     assert (compact.bf16, compact.runtime) == (False, "openvino"), "the compact model's masks change in bfloat16"

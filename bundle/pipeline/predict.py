@@ -21,7 +21,7 @@ class TilePredictor:
         inferer: called as ``inferer(image, network)``; a sliding-window inferer of ``patch_size`` windows.
         device: where the network runs.
         patch_size: (height, width) of the inferer's windows.
-        amp: run the network under bfloat16 autocast (CPU with AVX-512 BF16 or AMX, or CUDA); the maps are
+        amp: run the network under bfloat16 autocast (a CPU where :func:`bundle.pipeline.runtimes.cpu_bf16_is_fast`, or CUDA); the maps are
             returned in float32.
         channels_last: run the network and its input in the channels-last memory format (faster convolutions
             on CPU and on tensor cores).

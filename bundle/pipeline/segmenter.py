@@ -101,7 +101,7 @@ class NucleusSegmenter:
             the instance TIFF holds the mask of larger ones.
         amp: compute the network in bfloat16: PyTorch under autocast (see :class:`TilePredictor`), OpenVINO with
             its bfloat16 precision (ONNX Runtime stays float32); ``"auto"``: where bfloat16 is native on the device
-            (a CUDA GPU, or a CPU with AVX-512 BF16 or AMX; :func:`bundle.pipeline.runtimes.resolve_bf16`).
+            (a CUDA GPU, or a CPU with AMX or AMD's AVX-512 BF16; :func:`bundle.pipeline.runtimes.resolve_bf16`).
         channels_last: run the network in the channels-last memory format.
         stain_normalizer: applied to every tile before the network (see :class:`TilePredictor`); None: none.
         runtime: ``"torch"``, ``"torch_compile"``, or ``"openvino"`` / ``"onnxruntime"`` (the network converted,
