@@ -235,7 +235,7 @@ def test_inference_runs_without_the_training_packages(tmp_path):
     proc = run([str(c) for c in train])
     assert proc.returncode == EXIT_ERROR and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: training and evaluation: pytorch-ignite, mlflow not installed; pip install -r requirements-train.txt")
+        "error: training and evaluation: pytorch-ignite not installed; pip install -r requirements-train.txt")
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,43 @@ def test_measure_nuclei(model_mpp, level0_mpp, origin, keep, expected):
     assert 0 <= first.eccentricity < 0.3 and 0.9 < first.solidity <= 1.0
 
 
+@pytest.mark.parametrize("sample", ["monuseg", "tnbc"])
+def test_haematoxylin_is_rgb2hed_first_channel(sample):
+    from tests.helpers import MONUSEG, TNBC
+
+    from skimage.color import rgb2hed
+
+    from bundle.pipeline.measure import haematoxylin
+
+    rgb = read_rgb(sorted(((MONUSEG if sample == "monuseg" else TNBC) / "images").glob("*.png"))[0]).copy()
+    rgb[:2, :2] = [[0, 0, 0], [255, 255, 255]]  # the clipped ends of the optical density
+    expected = rgb2hed(rgb)[..., 0]
+    got = haematoxylin(rgb)
+    assert got.shape == rgb.shape[:2] and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("height, width", [(64, 96), (600, 1100)])  # one label tile; several, with partial ones
+def test_instance_tiff_and_mask_png_come_from_the_same_raster(tmp_path, height, width):
+    from PIL import Image
+
+    from bundle.io.writers import LABEL_TILE, write_instances, write_mask_png
+
+    labels = np.zeros((height, width), np.int32)
+    for k, (r, c) in enumerate([(20, 20), (40, 70), (height - 10, width - 12), (LABEL_TILE - 3, LABEL_TILE + 2)], start=1):
+        if r < height and c < width:
+            labels[disk((r, c), 8, shape=labels.shape)] = k
+    nuclei = measure_nuclei(labels, np.full((height, width, 3), 128, np.uint8), 0.25, 0.25)
+    for i, n in enumerate(nuclei, start=1):
+        n.id = i
+    mask = np.zeros((height, width), np.uint8)
+    write_instances(tmp_path / "i.tif", nuclei, width, height, 0.25, mask)
+    write_mask_png(tmp_path / "m.png", mask)
+    instances = tifffile.imread(tmp_path / "i.tif")
+    assert instances.shape == (height, width) and len(np.unique(instances)) == len(nuclei) + 1
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "m.png")), np.where(instances > 0, 255, 0))
+
+
 def test_geojson_feature_is_a_closed_qupath_detection():
     nucleus = measure_nuclei(TWO_DISCS, np.full(TWO_DISCS.shape + (3,), 128, np.uint8), 0.25, 0.25)[1]
     nucleus.id = 7

@@ -24,7 +24,7 @@ import math
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tifffile
@@ -138,23 +138,38 @@ def _label_tiles(nuclei: Sequence[Nucleus], width: int, height: int) -> Iterator
             yield tile
 
 
-def write_instances(path: PathLike, nuclei: Sequence[Nucleus], width: int, height: int, mpp: float) -> Path:
+def write_instances(
+    path: PathLike, nuclei: Sequence[Nucleus], width: int, height: int, mpp: float, mask: Optional[np.ndarray] = None
+) -> Path:
     """uint32 label TIFF (tiled, zlib) of ``width`` x ``height`` level-0 pixels at ``mpp`` microns per pixel,
-    rasterised tile by tile from the nucleus polygons: memory ~ one tile."""
+    rasterised tile by tile from the nucleus polygons: memory ~ one tile.
+
+    Args:
+        mask: a uint8 (height, width) array that is set to 255 inside the nuclei from the same tiles (the binary
+            mask of :func:`write_mask_png` without rasterising the polygons a second time); None: none.
+    """
     res = 1e4 / mpp  # pixels per centimetre
+    tiles = _label_tiles(nuclei, width, height)
+    if mask is not None:
+        tiles = _filling(tiles, mask, width, height)
     tifffile.imwrite(
-        path, _label_tiles(nuclei, width, height), shape=(height, width), dtype=np.uint32, tile=(LABEL_TILE, LABEL_TILE),
+        path, tiles, shape=(height, width), dtype=np.uint32, tile=(LABEL_TILE, LABEL_TILE),
         compression="zlib", resolution=(res, res), resolutionunit="CENTIMETER", metadata=None,
     )
     return Path(path)
 
 
-def write_mask_png(path: PathLike, nuclei: Sequence[Nucleus], width: int, height: int) -> Path:
-    """Binary mask PNG, uint8 (height, width): 255 inside a nucleus, 0 elsewhere (memory: one byte a pixel)."""
-    mask = np.zeros((height, width), np.uint8)
-    for tile, (ty, tx) in zip(_label_tiles(nuclei, width, height), _tile_origins(width, height)):
+def _filling(tiles: Iterator[np.ndarray], mask: np.ndarray, width: int, height: int) -> Iterator[np.ndarray]:
+    """The label tiles, unchanged, each also written into ``mask`` (255 inside a nucleus) as it passes."""
+    for tile, (ty, tx) in zip(tiles, _tile_origins(width, height)):
         h, w = min(LABEL_TILE, height - ty), min(LABEL_TILE, width - tx)
         mask[ty : ty + h, tx : tx + w] = np.where(tile[:h, :w] > 0, 255, 0)
+        yield tile
+
+
+def write_mask_png(path: PathLike, mask: np.ndarray) -> Path:
+    """Binary mask PNG, uint8 (height, width): 255 inside a nucleus, 0 elsewhere, as filled by
+    :func:`write_instances` (memory: one byte a pixel)."""
     Image.fromarray(mask).save(path, compress_level=1)
     return Path(path)
 

@@ -14,10 +14,12 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import shapely
 from scipy.ndimage import find_objects
-from skimage.color import rgb2hed
+from skimage.color import hed_from_rgb
 from skimage.measure import find_contours
 
 __all__ = ["Nucleus", "measure_nuclei", "haematoxylin", "density_per_mm2"]
+
+HAEMATOXYLIN_FROM_RGB = hed_from_rgb[:, 0].astype(np.float32)  # optical densities (R, G, B) -> haematoxylin
 
 
 @dataclass
@@ -48,8 +50,10 @@ class Nucleus:
 
 
 def haematoxylin(rgb: np.ndarray) -> np.ndarray:
-    """Haematoxylin optical density (H, W) float32 of an RGB uint8 image (H, W, 3) by colour deconvolution."""
-    return rgb2hed(rgb)[..., 0].astype(np.float32)
+    """Haematoxylin optical density (H, W) float32 of an RGB uint8 image (H, W, 3) by colour deconvolution: the
+    first channel of scikit-image's ``rgb2hed`` (Ruifrok and Johnston), computed alone and in float32."""
+    density = np.log(np.maximum(rgb.astype(np.float32) / np.float32(255.0), np.float32(1e-6))) / np.float32(np.log(1e-6))
+    return np.maximum(density @ HAEMATOXYLIN_FROM_RGB, np.float32(0.0))
 
 
 def _outline(mask: np.ndarray) -> Optional[np.ndarray]:

@@ -362,14 +362,15 @@ class NucleusSegmenter:
         name = name or source.path.stem
         out = Path(output_dir) / name
         out.mkdir(parents=True, exist_ok=True)
+        mask = np.zeros((source.height, source.width), np.uint8) if source.width * source.height <= self.max_mask_pixels else None
         files = {
-            "instances": write_instances(out / f"{name}_instances.tif", nuclei, source.width, source.height, source.mpp),
+            "instances": write_instances(out / f"{name}_instances.tif", nuclei, source.width, source.height, source.mpp, mask),
             "geojson": write_geojson(out / f"{name}.geojson", nuclei),
             "csv": write_csv(out / f"{name}_nuclei.csv", nuclei),
             "overlay": write_overlay(out / f"{name}_overlay.png", thumb, thumb_down, tissue, nuclei),
         }
-        if source.width * source.height <= self.max_mask_pixels:
-            files["mask"] = write_mask_png(out / f"{name}_seg.png", nuclei, source.width, source.height)
+        if mask is not None:
+            files["mask"] = write_mask_png(out / f"{name}_seg.png", mask)
         seconds = time.perf_counter() - t0
         tissue_um2 = float(tissue.sum()) * (source.mpp * thumb_down) ** 2
         summary: Dict[str, Any] = {
