@@ -1,5 +1,5 @@
 """Inferers around MONAI's: test-time augmentation by flips, windows that carry their context view (DA-RefineNet),
-and bfloat16 autocast on the input's device (training on CPUs with native bfloat16)."""
+and bfloat16 autocast on the input's device (training on CPUs where bfloat16 is fast)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ class AutocastInferer(Inferer):
     """Run ``inferer`` under bfloat16 autocast on the input's device and return float32 outputs.
 
     MONAI's trainers autocast on CUDA only (``amp``); this inferer gives a training forward pass bfloat16 on a CPU
-    with native bfloat16 too (about 2x the float32 training throughput of GRU-Net on an AVX-512 BF16 CPU,
-    ``scripts/benchmark_training.py``). The loss is then computed in float32 on the returned outputs.
+    where it is fast too (about 2x the float32 training throughput of GRU-Net on an AMD Zen 4,
+    ``scripts/benchmark_training.py``; :func:`bundle.pipeline.runtimes.cpu_bf16_is_fast`). The loss is then computed in float32 on the returned outputs.
 
     Args:
         inferer: the inferer to wrap (default: MONAI's ``SimpleInferer``).
-        bf16: ``True``, ``False``, or ``"auto"`` (where bfloat16 is native on the input's device:
+        bf16: ``True``, ``False``, or ``"auto"`` (where bfloat16 pays on the input's device:
             :func:`bundle.pipeline.runtimes.resolve_bf16`).
 
     Shapes: the wrapped inferer's, (B, C_in, H, W) -> (B, C_out, H, W) float32.
