@@ -8,8 +8,10 @@ thread count stated: end-to-end megapixels per second (read -> tiles -> network 
 bundle's ``NucleusSegmenter.segment``) and network-only megapixels per second (the predictor on the decoded image:
 sliding window and network); the ratio of each to BasicUNet (features 32..256, fp32, eager, through the same
 pipeline, with the trained weights of ``models/basicunet_yardstick.pt`` so that its instances and files cost what
-a working model's do: untrained weights gave a few image-sized blobs whose polygons cost more than its network); achieved GFLOP/s of the network (FlopCounterMode FLOPs of the windows run, over the network time)
-against the CPU's peak (cores x clock x FP32 FLOPs per cycle per core, stated); the agreement of each option with
+a working model's do: untrained weights gave a few image-sized blobs whose polygons cost more than its network);
+the runtime and precision each option ran as (``grunet_auto`` and ``compact_auto`` are the configs as shipped);
+achieved GFLOP/s of the network (FlopCounterMode FLOPs of the windows run, over the network time) against the
+CPU's peak (cores x clock x FP32 FLOPs per cycle per core, stated); the agreement of each option with
 fp32 eager of the same network (shipped ``grunet`` or ``compact`` GRU-Net: Dice between the two masks, AJI
 difference); and, when the images have masks, each option's Dice and AJI against the truth. The compact rows need
 ``models/model_compact.pt``. Prints one Markdown table; ``--output`` writes the figures as JSON.

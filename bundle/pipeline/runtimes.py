@@ -53,8 +53,8 @@ def cpu_bf16_is_fast() -> bool:
     """Whether bfloat16 convolutions run at about twice the float32 rate on this CPU: with AMX tiles, or with
     AVX-512 BF16 on AMD (Zen 4 and later: the full GRU-Net 2.1x its float32 ``channels_last`` rate). Intel's
     AVX-512 BF16 without AMX (Cooper Lake, or a virtual machine that hides AMX) gains nothing: measured on an
-    Emerald Rapids VM, a 64-channel 3x3 convolution ran at 0.54x and the full GRU-Net at 0.94x their float32
-    ``channels_last`` rates; emulated bfloat16, on CPUs with neither, is slower still."""
+    Emerald Rapids VM, a 64-channel 3x3 convolution ran at 0.52-0.59x and the full GRU-Net's network at 0.79x
+    their float32 ``channels_last`` rates; emulated bfloat16, on CPUs with neither, is slower still."""
     if torch.cpu._is_amx_tile_supported():
         return True
     return bool(torch.cpu._is_avx512_bf16_supported()) and cpu_vendor() == "AuthenticAMD"
