@@ -18,6 +18,7 @@ memory, not one per organ), called as ``runner(x, text)``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -36,8 +37,10 @@ CONVERTING_RUNTIMES = ("openvino", "onnxruntime")  # CPU only; they hold their o
 logger = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_vendor() -> str:
-    """The CPU's vendor string as Linux reports it (``GenuineIntel``, ``AuthenticAMD``), or ``""`` elsewhere."""
+    """The CPU's vendor string as Linux reports it (``GenuineIntel``, ``AuthenticAMD``), or ``""`` elsewhere; read
+    once per process (``resolve_bf16`` asks on every training forward)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
