@@ -11,7 +11,7 @@ from monai.bundle import ConfigParser
 
 from bundle.errors import InputError
 
-__all__ = ["BUNDLE_ROOT", "MODEL_VARIANTS", "config_path", "variant_overlays", "load_config"]
+__all__ = ["BUNDLE_ROOT", "MODEL_VARIANTS", "config_path", "resolve_variant", "variant_overlays", "load_config"]
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 PathLike = Union[str, os.PathLike]
@@ -24,15 +24,27 @@ MODEL_VARIANTS = {
 }
 
 
+def resolve_variant(variant: str) -> str:
+    """The model variant that ``variant`` names: ``"auto"`` is the full GRU-Net where CUDA is available and the
+    compact one on CPU (within 0.002 Dice and AJI of the full model on the validation images, 13.5x fewer FLOPs);
+    any other name is returned as it is."""
+    if variant != "auto":
+        return variant
+    import torch
+
+    return "full" if torch.cuda.is_available() else "compact"
+
+
 def variant_overlays(variant: str) -> List[str]:
-    """Config names that select a model variant (``"full"``: the shipped network, ``"compact"``: the CPU-sized one).
+    """Config names that select a model variant (``"full"``: the shipped network, ``"compact"``: the CPU-sized one,
+    ``"auto"``: :func:`resolve_variant`).
 
     Raises:
         InputError: an unknown variant (the message lists the known ones).
     """
-    if variant not in MODEL_VARIANTS:
-        raise InputError(f"unknown model variant {variant!r}; known: {', '.join(MODEL_VARIANTS)}")
-    return list(MODEL_VARIANTS[variant])
+    if resolve_variant(variant) not in MODEL_VARIANTS:
+        raise InputError(f"unknown model variant {variant!r}; known: auto, {', '.join(MODEL_VARIANTS)}")
+    return list(MODEL_VARIANTS[resolve_variant(variant)])
 
 
 def config_path(name: str, bundle_root: Optional[PathLike] = None) -> Path:
@@ -54,7 +66,7 @@ def load_config(
         bundle_root: the bundle folder (this package's parent by default); put on ``sys.path`` so that the
             configs' ``bundle.*`` targets import.
         overrides: ``{id: value}`` applied after loading (``"network_def#features": 8``).
-        variant: model variant (:data:`MODEL_VARIANTS`); its overlays are merged after ``names``.
+        variant: model variant (:data:`MODEL_VARIANTS`, or ``"auto"``); its overlays are merged after ``names``.
     """
     root = Path(bundle_root or BUNDLE_ROOT).resolve()
     if str(root) not in sys.path:

@@ -38,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("input", help="a slide or image, or a folder of them (with --cohort also a CSV manifest)")
     parser.add_argument("-o", "--output_dir", default="outputs/wsi")
     parser.add_argument("--mpp", type=float, default=None, help="microns per pixel of level 0; overrides the file's value")
-    parser.add_argument("--variant", default="full", help="model variant: full (models/model.pt) or compact (models/model_compact.pt)")
+    parser.add_argument("--variant", default="auto", help="model variant: auto (compact on CPU, full with CUDA), full (models/model.pt) or compact (models/model_compact.pt)")
     parser.add_argument("-m", "--model", default=None, help="checkpoint (default: the variant's file in models/)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
     parser.add_argument("--organ", default=None, help="organ of the tissue, for the network's prompts (e.g. breast; default: unknown)")

@@ -9,7 +9,7 @@ import torch
 from monai.bundle import verify_metadata, verify_net_in_out
 from parameterized import parameterized
 
-from bundle.config_io import BUNDLE_ROOT, config_path, load_config
+from bundle.config_io import BUNDLE_ROOT, config_path, load_config, resolve_variant
 from scripts.benchmark_training import VARIANTS as ABLATIONS
 from scripts.benchmark_training import width_overrides
 
@@ -142,6 +142,13 @@ def test_variant_selects_network_and_weights(variant, configs, expected, weight_
         assert config.get_parsed_content("checkpoint").endswith(f"/models/{weight_file}")
 
 
+def test_auto_variant_is_compact_on_cpu_and_full_on_cuda():
+    expected = "model.pt" if torch.cuda.is_available() else "model_compact.pt"
+    assert resolve_variant("auto") == ("full" if torch.cuda.is_available() else "compact")
+    assert load_config("inference", variant="auto").get_parsed_content("model_file") == expected
+    assert resolve_variant("unet_sharp") == "unet_sharp"
+
+
 def test_training_a_variant_saves_its_weight_file():
     config = load_config(["train"], variant="compact")
     assert config.get_parsed_content("best_model_saver#key_metric_filename") == "model_compact.pt"
@@ -150,12 +157,15 @@ def test_training_a_variant_saves_its_weight_file():
 def test_unknown_variant_is_an_input_error():
     from bundle.errors import InputError
 
-    with pytest.raises(InputError, match="unknown model variant 'tiny'; known: full, compact, da_refinenet, eunet3plus, eunet3plus_fusion, unet_sharp"):
+    with pytest.raises(InputError, match="unknown model variant 'tiny'; known: auto, full, compact, da_refinenet, eunet3plus, eunet3plus_fusion, unet_sharp"):
         load_config("inference", variant="tiny")
 
 
-def test_evaluation_splits_nuclei_as_inference_does():
-    """configs/evaluate.json scores the instances that configs/inference.json's splitter makes."""
-    evaluate = load_config(["train", "evaluate"])
-    infer = load_config("inference")
-    assert evaluate["splitter"] == infer["splitter"]
+@pytest.mark.parametrize("variant, marker_height, distance_sigma", [("full", 0.2, 2.0), ("compact", 0.1, 1.0)])
+def test_evaluation_splits_nuclei_as_inference_does(variant, marker_height, distance_sigma):
+    """configs/evaluate.json scores the instances that configs/inference.json's splitter makes, per variant
+    (the compact overlay sets the split it was tuned with)."""
+    evaluate = load_config(["train", "evaluate"], variant=variant).get_parsed_content("splitter")
+    infer = load_config("inference", variant=variant).get_parsed_content("splitter")
+    assert evaluate == infer
+    assert (infer.marker_height, infer.distance_sigma) == (marker_height, distance_sigma)

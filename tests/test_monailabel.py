@@ -256,7 +256,8 @@ def test_same_nuclei_through_every_entry_point(server: Server, tmp_path: Path) -
     runs = {
         "bundle_cli": [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--meta_file",
                        "configs/metadata.json", "--input_path", str(image), "--output_dir", str(tmp_path / "bundle_cli"), "--progress", "False"],
-        "segment_slides": [sys.executable, "scripts/segment_slides.py", str(image), "-o", str(tmp_path / "segment_slides"), "--no_progress"],
+        "segment_slides": [sys.executable, "scripts/segment_slides.py", str(image), "-o", str(tmp_path / "segment_slides"), "--no_progress",
+                           "--variant", "full"],
     }
     deploy_python, model_ts = ROOT / ".venv-deploy" / "bin" / "python", ROOT / "models" / "model.ts"
     if deploy_python.exists() and model_ts.exists():
