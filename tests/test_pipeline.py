@@ -457,7 +457,7 @@ def test_compact_variant_is_one_option_away(tmp_path, door):
 
 def test_unknown_variant_is_one_line(tmp_path):
     proc = run(segment_slides(first_sample(), "-o", tmp_path, "--variant", "tiny"))
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == "error: unknown model variant 'tiny'; known: full, compact, da_refinenet, eunet3plus, eunet3plus_fusion, unet_sharp"
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == "error: unknown model variant 'tiny'; known: auto, full, compact, da_refinenet, eunet3plus, eunet3plus_fusion, unet_sharp"
 
 
 @pytest.mark.parametrize("runtime, package", [("openvino", "openvino"), ("onnxruntime", "onnxruntime")])
