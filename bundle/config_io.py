@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Union
 
+import torch
 from monai.bundle import ConfigParser
 
 from bundle.errors import InputError
@@ -26,12 +27,10 @@ MODEL_VARIANTS = {
 
 def resolve_variant(variant: str) -> str:
     """The model variant that ``variant`` names: ``"auto"`` is the full GRU-Net where CUDA is available and the
-    compact one on CPU (within 0.002 Dice and AJI of the full model on the validation images, 13.5x fewer FLOPs);
-    any other name is returned as it is."""
+    compact one on CPU (the full model's validation accuracy at a fraction of the FLOPs, model card); any other
+    name is returned as it is."""
     if variant != "auto":
         return variant
-    import torch
-
     return "full" if torch.cuda.is_available() else "compact"
 
 
@@ -42,9 +41,10 @@ def variant_overlays(variant: str) -> List[str]:
     Raises:
         InputError: an unknown variant (the message lists the known ones).
     """
-    if resolve_variant(variant) not in MODEL_VARIANTS:
+    resolved = resolve_variant(variant)
+    if resolved not in MODEL_VARIANTS:
         raise InputError(f"unknown model variant {variant!r}; known: auto, {', '.join(MODEL_VARIANTS)}")
-    return list(MODEL_VARIANTS[resolve_variant(variant)])
+    return list(MODEL_VARIANTS[resolved])
 
 
 def config_path(name: str, bundle_root: Optional[PathLike] = None) -> Path:
