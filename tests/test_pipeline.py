@@ -24,7 +24,7 @@ from bundle.errors import EXIT_ERROR, EXIT_OK, EXIT_SKIPPED, InputError, find_in
 from bundle.io.images import ImageReadError, read_rgb_checked
 from bundle.io.slides import check_mpp, open_source, tissue_mask
 from bundle.pipeline.check import check_output_dir, list_inputs, output_names
-from bundle.pipeline.predict import TilePredictor
+from bundle.pipeline.predict import BACKGROUND_LOGIT, TilePredictor, TissueGatedNetwork
 from bundle.pipeline.split import InstanceSplitter
 from bundle.pipeline.tiles import TileGrid
 from tests.helpers import LIGHT_OVERRIDES, MONUSEG, ROOT, first_sample, make_pipeline_cases, sample_rgb, write_png_header_only
@@ -145,6 +145,58 @@ def test_predictor_any_tile_size(light_segmenter, shape):
     prob, distance = predict(np.full(shape + (3,), 128, np.uint8))
     assert prob.shape == shape and distance.shape == shape and prob.dtype == np.float32
     assert 0.0 <= prob.min() and prob.max() <= 1.0
+
+
+class CountingNetwork(torch.nn.Module):
+    """(B, 3, H, W) -> (B, 2, H, W): the channel means, counting the windows it is called on."""
+
+    def __init__(self):
+        super().__init__()
+        self.windows = 0
+
+    def forward(self, x):
+        self.windows += x.shape[0]
+        return x[:, :2] + x[:, 2:3]
+
+
+GATE_CASES = [
+    # tissue per window (B = 4), windows computed
+    ([1, 1, 1, 1], 4),
+    ([0, 1, 0, 1], 2),
+    ([0, 0, 0, 0], 0),
+]
+
+
+@pytest.mark.parametrize("tissue, computed", GATE_CASES)
+def test_tissue_gated_network(tissue, computed):
+    image = torch.rand(4, 3, 8, 10)
+    mask = torch.zeros(4, 1, 8, 10)
+    for i, t in enumerate(tissue):
+        mask[i, 0, 3, 4] = t  # one tissue pixel is enough
+    net = CountingNetwork()
+    gate = TissueGatedNetwork(net, out_channels=2)
+    out = gate(torch.cat([image, mask], dim=1))
+    assert out.shape == (4, 2, 8, 10) and net.windows == computed and gate.skipped == 4 - computed
+    for i, t in enumerate(tissue):
+        expected = net(image[i : i + 1])[0] if t else torch.full((2, 8, 10), BACKGROUND_LOGIT)
+        assert torch.equal(out[i], expected)
+
+
+def test_predictor_skips_windows_without_tissue_and_keeps_the_rest(light_segmenter):
+    """A tile whose right half is glass: the windows there are not computed; where tissue is, the maps are the
+    ones of the ungated network (no window of tissue is blended with a skipped one)."""
+    predict: TilePredictor = light_segmenter.predictor
+    rgb = np.random.default_rng(0).integers(0, 255, (256, 768, 3), dtype=np.uint8)
+    tissue = np.zeros((256, 768), bool)
+    tissue[:, :384] = True  # the segmenter's mask reaches half a window beyond the tissue
+    plain, plain_distance = predict(rgb)
+    before = predict.windows_skipped
+    gated, gated_distance = predict(rgb, tissue=tissue)
+    assert predict.windows_skipped > before
+    assert np.array_equal(gated[:, :320], plain[:, :320]) and np.array_equal(gated_distance[:, :320], plain_distance[:, :320])
+    assert gated[:, -64:].max() < 1e-6, "skipped windows predict background"
+    with pytest.raises(ValueError, match="tissue must be"):
+        predict(rgb, tissue=tissue[:, :100])
 
 
 @pytest.mark.parametrize("height, width", [(300, 1030), (1030, 300), (1025, 20), (16, 2049)])

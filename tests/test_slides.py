@@ -211,6 +211,26 @@ def test_tiles_merge_without_duplicates(segmenter, tmp_path):
     assert abs(tiled["nucleus_count"] - whole["nucleus_count"]) <= max(2, 0.1 * whole["nucleus_count"])
 
 
+def test_windows_without_tissue_are_skipped_with_the_same_nuclei(segmenter, tmp_path):
+    """One 1024-pixel tile, tissue in its top-left corner: most windows are glass and are not computed; the
+    nuclei are exactly those of computing every window."""
+    plane = np.full((1024, 1024, 3), WHITE, np.uint8)
+    plane[:256, :256] = SAMPLE_RGB[:256, :256]
+    path = write_slide(tmp_path / "corner.tif", plane, mpp=0.25, levels=2)
+    segmenter.tile_size = 1024
+    try:
+        gated = segmenter.segment(path, tmp_path / "gated")
+        segmenter.skip_background_windows = False
+        plain = segmenter.segment(path, tmp_path / "plain")
+    finally:
+        segmenter.tile_size, segmenter.skip_background_windows = 256, True
+    assert gated["windows_skipped_background"] >= 8 and plain["windows_skipped_background"] == 0
+    assert gated["nucleus_count"] == plain["nucleus_count"] > 15
+    _, _, gated_rows, gated_labels = read_outputs(tmp_path / "gated", "corner")
+    _, _, plain_rows, plain_labels = read_outputs(tmp_path / "plain", "corner")
+    assert gated_rows == plain_rows and np.array_equal(gated_labels, plain_labels)
+
+
 def test_blank_slide_gives_empty_outputs_and_a_clear_summary(segmenter, tmp_path):
     path = write_slide(tmp_path / "blank.tif", np.full((300, 400, 3), WHITE, np.uint8))
     report = segmenter.run(path, tmp_path / "out")

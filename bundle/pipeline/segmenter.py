@@ -34,6 +34,7 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequenc
 
 import numpy as np
 import torch
+from scipy import ndimage
 from tqdm import tqdm
 
 from bundle.allocator import keep_freed_memory
@@ -63,11 +64,12 @@ def peak_rss_mb() -> float:
 
 
 class RegionResult:
-    """The nuclei of a region and what it cost: tiles processed and skipped, model pixels processed."""
+    """The nuclei of a region and what it cost: tiles processed and skipped, network windows skipped inside the
+    processed tiles, model pixels processed."""
 
     def __init__(self) -> None:
         self.nuclei: List[Nucleus] = []
-        self.tiles = self.processed = self.skipped = self.processed_px = 0
+        self.tiles = self.processed = self.skipped = self.windows_skipped = self.processed_px = 0
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,31 @@ class TileWindow:
     level0: Tuple[int, int, int, int]
     out_shape: Tuple[int, int]
     keep: Tuple[float, float, float, float]
+
+
+class TissueWindows:
+    """Where the network's windows are worth computing: the thumbnail's tissue mask widened by half a window
+    (``reach`` model pixels), read for each tile at the tile's size.
+
+    Args:
+        tissue: bool tissue mask of the source's thumbnail.
+        down: level-0 pixels per thumbnail pixel.
+        scale: model pixels per level-0 pixel.
+        reach: model pixels the mask is widened by.
+    """
+
+    def __init__(self, tissue: np.ndarray, down: float, scale: float, reach: int):
+        radius = int(math.ceil(reach / max(scale * down, 1e-6)))
+        self.mask = ndimage.maximum_filter(tissue, size=2 * radius + 1) if radius > 0 else tissue
+        self.down = float(down)
+
+    def tile(self, window: TileWindow) -> np.ndarray:
+        """(h, w) bool of a tile of ``window.out_shape`` over the level-0 box ``window.level0``."""
+        lx0, ly0, lx1, ly1 = window.level0
+        (h, w), (th, tw) = window.out_shape, self.mask.shape
+        rows = ((ly0 + (np.arange(h) + 0.5) * (ly1 - ly0) / h) / self.down).astype(np.int64).clip(0, th - 1)
+        cols = ((lx0 + (np.arange(w) + 0.5) * (lx1 - lx0) / w) / self.down).astype(np.int64).clip(0, tw - 1)
+        return self.mask[np.ix_(rows, cols)]
 
 
 class NucleusSegmenter:
@@ -109,6 +136,9 @@ class NucleusSegmenter:
             (:func:`bundle.pipeline.runtimes.resolve_runtime`); see :mod:`bundle.pipeline.runtimes`.
         tile_workers: threads that read the next tiles and split and measure the previous ones while the network
             runs (0: one tile after the other; the nuclei are the same either way).
+        skip_background_windows: inside a tile, do not compute the network's windows that lie more than half a
+            window from the tissue of the thumbnail's mask (:class:`bundle.pipeline.predict.TissueGatedNetwork`);
+            they predict background. Nuclei in tissue are the same either way; False: every window is computed.
         progress: show a progress bar over tiles.
         text_prior_file: a text prior with organ prompts (``models/text_prior.pt``); None: every input gets the
             network's own (generic) prompts.
@@ -139,6 +169,7 @@ class NucleusSegmenter:
         stain_normalizer: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         runtime: str = "torch",
         tile_workers: int = 2,
+        skip_background_windows: bool = True,
         progress: bool = True,
         text_prior_file: Optional[Union[str, os.PathLike]] = None,
         organ: Optional[str] = None,
@@ -171,7 +202,9 @@ class NucleusSegmenter:
         if tile_workers < 0:
             raise ValueError(f"tile_workers must be >= 0, got {tile_workers}")
         self.tile_workers = int(tile_workers)
+        self.skip_background_windows = bool(skip_background_windows)
         self.progress = progress
+        self._tissue_windows: Optional[TissueWindows] = None  # of the region being segmented
 
     def load_weights(self, checkpoint: Union[str, os.PathLike]) -> None:
         """Load a checkpoint (state dict, or ``{"model": state_dict}``) into the network.
@@ -264,28 +297,34 @@ class NucleusSegmenter:
             keep = (core[1] - oy, core[0] - ox, core[3] - oy, core[2] - ox)
             windows.append(TileWindow(core, (lx0, ly0, lx1, ly1), out_shape, keep))
         self.predictor.network = self._runner(self.resolve_organ(organ))
+        self._tissue_windows = None
+        if tissue is not None and self.skip_background_windows and self.context is None:
+            self._tissue_windows = TissueWindows(tissue, tissue_down, scale, max(self.patch_size) // 2)
         progress = tqdm(total=len(windows), desc=source.path.name, unit="tile", disable=not self.progress, leave=False)
+        skipped_before = self.predictor.windows_skipped
         for window, nuclei in self._run_tiles(source, windows):
             result.nuclei += nuclei
             result.processed += 1
             result.processed_px += (window.core[2] - window.core[0]) * (window.core[3] - window.core[1])
             progress.update()
         progress.close()
+        result.windows_skipped = self.predictor.windows_skipped - skipped_before
         for i, n in enumerate(result.nuclei, start=1):
             n.id = i
         return result
 
-    def _read_tile(self, source: Any, window: "TileWindow") -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """The tile's RGB and, for a network with a context view (DA-RefineNet), the canvas around it read from the
-        source (see :class:`bundle.pipeline.inferers.ContextWindowInferer`)."""
+    def _read_tile(self, source: Any, window: "TileWindow") -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+        """The tile's RGB and what the predictor takes besides: ``tissue``, where its windows are worth computing
+        (see :class:`TissueWindows`), or, for a network with a context view (DA-RefineNet), ``context``, the canvas
+        around it read from the source (see :class:`bundle.pipeline.inferers.ContextWindowInferer`)."""
         lx0, ly0, lx1, ly1 = window.level0
         rgb = source.read_region(lx0, ly0, lx1 - lx0, ly1 - ly0, window.out_shape)
         needs = self.context
         if needs is None or min(window.out_shape[0] - self.patch_size[0], window.out_shape[1] - self.patch_size[1]) < 0:
-            return rgb, None
+            return rgb, ({} if self._tissue_windows is None else {"tissue": self._tissue_windows.tile(window)})
         (mh, mw), scale = needs.margin(), window.out_shape[1] / max(1, lx1 - lx0)  # model pixels per level-0 pixel
         box = (lx0 - round(mw / scale), ly0 - round(mh / scale), lx1 + round(mw / scale), ly1 + round(mh / scale))
-        return rgb, read_region_padded(source, box, needs.canvas_shape(*window.out_shape))
+        return rgb, {"context": read_region_padded(source, box, needs.canvas_shape(*window.out_shape))}
 
     def _finish_tile(self, source: Any, window: "TileWindow", rgb: np.ndarray, maps: Tuple[Any, Any]) -> List[Nucleus]:
         """Split and measure one predicted tile: the nuclei whose centroid lies in its core."""
@@ -298,8 +337,8 @@ class NucleusSegmenter:
         ``tile_workers`` tiles ahead and behind, so memory stays bounded); with 0, one tile after the other."""
         if self.tile_workers == 0:
             for window in windows:
-                rgb, context = self._read_tile(source, window)
-                yield window, self._finish_tile(source, window, rgb, self.predictor(rgb, context))
+                rgb, extra = self._read_tile(source, window)
+                yield window, self._finish_tile(source, window, rgb, self.predictor(rgb, **extra))
             return
         ahead = self.tile_workers
         with ThreadPoolExecutor(max_workers=self.tile_workers, thread_name_prefix="tile") as pool:
@@ -310,10 +349,10 @@ class NucleusSegmenter:
                 reading.append((window, pool.submit(self._read_tile, source, window)))
             while reading:
                 window, read = reading.popleft()
-                rgb, context = read.result()
+                rgb, extra = read.result()
                 for nxt in islice(pending, 1):
                     reading.append((nxt, pool.submit(self._read_tile, source, nxt)))
-                maps = self.predictor(rgb, context)
+                maps = self.predictor(rgb, **extra)
                 finishing.append((window, pool.submit(self._finish_tile, source, window, rgb, maps)))
                 while len(finishing) > ahead:
                     done, future = finishing.popleft()
@@ -389,6 +428,7 @@ class NucleusSegmenter:
             "tiles": region.tiles,
             "tiles_processed": region.processed,
             "tiles_skipped_background": region.skipped,
+            "windows_skipped_background": region.windows_skipped,
             "seconds": round(seconds, 2),
             "megapixels_level0": round(source.width * source.height / 1e6, 3),
             "mpx_per_s_level0": round(source.width * source.height / 1e6 / seconds, 4),
