@@ -46,6 +46,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--tta", action="store_true", help="average the four flips of every tile (4x the time)")
     parser.add_argument("--sw_overlap", type=float, default=None,
                         help="overlap of the network's 272-pixel windows in [0, 1) (default 0.1)")
+    parser.add_argument("--all_windows", action="store_true",
+                        help="compute every window of a tile, also those more than half a window from tissue (slower)")
     parser.add_argument("--cohort", action="store_true", help="cohort job: shared among torchrun's ranks, resumable, cohort.csv")
     parser.add_argument("--backend", default=None, help="with --cohort under torchrun: gloo or nccl (default: nccl with CUDA, else gloo)")
     parser.add_argument("--no_progress", action="store_true")
@@ -54,7 +56,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("error: launched with several ranks (WORLD_SIZE > 1): pass --cohort so that they share the slides", file=sys.stderr)
         return EXIT_ERROR
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    overrides = {"progress": not args.no_progress, "tta": args.tta, "organ": args.organ}
+    overrides = {"progress": not args.no_progress, "tta": args.tta, "organ": args.organ, "skip_background_windows": not args.all_windows}
     if args.sw_overlap is not None:
         if not 0.0 <= args.sw_overlap < 1.0:
             print(f"error: --sw_overlap must be in [0, 1), got {args.sw_overlap}", file=sys.stderr)
