@@ -85,6 +85,7 @@ class TilePredictor:
         if channels_last and isinstance(network, torch.nn.Module):
             network.to(memory_format=torch.channels_last)
         self._gated: Optional[TissueGatedNetwork] = None
+        self.windows_skipped = 0  # windows not computed so far because they held no tissue
 
     def _tensor(self, rgb: np.ndarray, tissue: Optional[np.ndarray] = None) -> torch.Tensor:
         """(1, 3, h, w) in [0, 1] on the device, stain-normalised, of an RGB uint8 (h, w, 3); with ``tissue``
@@ -97,20 +98,14 @@ class TilePredictor:
             image = torch.cat([image, torch.from_numpy(np.ascontiguousarray(tissue, dtype=np.float32))[None]])
         return image[None].to(self.device).contiguous(memory_format=self.memory_format)
 
-    @property
-    def windows_skipped(self) -> int:
-        """Windows not computed so far because they held no tissue."""
-        return 0 if self._gated is None else self._gated.skipped
-
     def _gate(self) -> TissueGatedNetwork:
-        """The network behind a tissue gate (its output channels found once, on one window of zeros)."""
+        """The network behind a tissue gate, made again when the network changes (its output channels found on
+        one window of zeros)."""
         if self._gated is None or self._gated.network is not self.network:
             probe = torch.zeros((1, 3, *self.patch_size), device=self.device).contiguous(memory_format=self.memory_format)
             with torch.autocast(self.device.type, enabled=self.amp, dtype=torch.bfloat16):
                 channels = self.network(probe).shape[1]
-            skipped = self.windows_skipped
             self._gated = TissueGatedNetwork(self.network, channels)
-            self._gated.skipped = skipped
         return self._gated
 
     @torch.no_grad()
@@ -145,7 +140,10 @@ class TilePredictor:
             context = None
         extra = {} if context is None else {"context": self._tensor(context)}
         network = self.network if tissue is None else self._gate()
+        skipped = 0 if tissue is None else network.skipped
         with torch.autocast(self.device.type, enabled=self.amp, dtype=torch.bfloat16):
             logits = self.inferer(self._tensor(rgb, tissue), network, **extra)
+        if tissue is not None:
+            self.windows_skipped += network.skipped - skipped
         out = torch.sigmoid(logits.float())[0, :, :h, :w].cpu().numpy()
         return out[0], (out[1] if out.shape[0] > 1 else None)
