@@ -1,8 +1,9 @@
 """MONAI Label server for the bundle, end to end over REST: a real server on 127.0.0.1, no mocks.
 
 Starts ``scripts/monailabel_server.sh`` (``.venv-label``, see ``scripts/setup_label_env.sh``) on a copy of the
-bundle and of the sample crops in a temporary folder, so training never touches the repository's
-``models/model.pt``. Skipped when ``.venv-label/bin/monailabel`` does not exist.
+bundle and of the sample crops in a temporary folder, so training never touches the repository's weights. The
+server runs its default model variant, ``auto``: the compact model on a CPU machine (``models/model_compact.pt``),
+the full one with CUDA, as every other entry point does. Skipped when ``.venv-label/bin/monailabel`` does not exist.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from bundle.config_io import resolve_variant
 from tests.helpers import MONUSEG, ROOT, write_png_header_only
 
 requests = pytest.importorskip("requests")
@@ -40,6 +42,8 @@ pytestmark = pytest.mark.skipif(
 MODEL = "pathology_nuclei_segmentation_grunet"
 POLYGONS = "grunet_nuclei"
 IMAGES = sorted((MONUSEG / "images").glob("*.png"))
+COMPACT = resolve_variant("auto") == "compact"  # the variant the server serves by default here
+WEIGHTS = "model_compact.pt" if COMPACT else "model.pt"
 START_TIMEOUT_S = 180
 TRAIN_TIMEOUT_S = 300
 
@@ -80,11 +84,11 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def copy_bundle(dest: Path) -> Path:
-    """configs/, bundle/ and the weights (model.pt, text_prior.pt): what the server needs."""
+    """configs/, bundle/ and the weights (both models, text_prior.pt): what the server needs."""
     for folder in ("configs", "bundle"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (dest / "models").mkdir()
-    for name in ("model.pt", "text_prior.pt"):
+    for name in ("model.pt", "model_compact.pt", "text_prior.pt"):
         shutil.copy2(ROOT / "models" / name, dest / "models" / name)
     return dest
 
@@ -162,11 +166,22 @@ def test_mask_inference_on_tile(server: Server) -> None:
     assert dice(mask > 0, gt_mask(image)) > 0.6  # right orientation, real nuclei
 
 
-def test_organ_in_the_request_reaches_the_network(server: Server) -> None:
+def infer_json(server: Server, image_id: str, **options) -> dict:
+    """The result JSON of the mask task on a datastore image."""
+    res = server.post(f"/infer/{MODEL}", params={"image": image_id, "output": "json"}, data={"params": json.dumps(options)})
+    assert res.status_code == 200, res.text
+    return res.json()
+
+
+def test_organ_in_the_request_picks_the_prompts(server: Server) -> None:
+    """The request's organ reaches the pipeline: the organ's prompts, the generic ones for an unknown organ (the
+    effect of the prompts on the network's output is tested in test_organ_prompts.py)."""
     image = IMAGES[0]
-    generic, breast = infer_mask(server, image.stem), infer_mask(server, image.stem, organ="breast")
-    assert breast.shape == generic.shape and not np.array_equal(breast, generic)  # the breast prompts, not the generic
-    np.testing.assert_array_equal(infer_mask(server, image.stem, organ="lung"), generic)  # unknown: the generic prompts
+    assert infer_json(server, image.stem)["prompts"] == "generic"
+    breast = infer_json(server, image.stem, organ="breast")
+    assert breast["prompts"] == "breast" and breast["weights"] == WEIGHTS and breast["nucleus_count"] > 5
+    assert infer_json(server, image.stem, organ="lung")["prompts"] == "generic"
+    np.testing.assert_array_equal(infer_mask(server, image.stem, organ="lung"), infer_mask(server, image.stem))
 
 
 @pytest.mark.parametrize("output", ["asap", "dsa"])
@@ -253,13 +268,13 @@ def test_same_nuclei_through_every_entry_point(server: Server, tmp_path: Path) -
     the same instance maps and counts."""
     image = IMAGES[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    configs = "['configs/inference.json','configs/compact.json']" if COMPACT else "configs/inference.json"
     runs = {
-        "bundle_cli": [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--meta_file",
+        "bundle_cli": [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--meta_file",
                        "configs/metadata.json", "--input_path", str(image), "--output_dir", str(tmp_path / "bundle_cli"), "--progress", "False"],
-        "segment_slides": [sys.executable, "scripts/segment_slides.py", str(image), "-o", str(tmp_path / "segment_slides"), "--no_progress",
-                           "--variant", "full"],
+        "segment_slides": [sys.executable, "scripts/segment_slides.py", str(image), "-o", str(tmp_path / "segment_slides"), "--no_progress"],
     }
-    deploy_python, model_ts = ROOT / ".venv-deploy" / "bin" / "python", ROOT / "models" / "model.ts"
+    deploy_python, model_ts = ROOT / ".venv-deploy" / "bin" / "python", ROOT / "models" / WEIGHTS.replace(".pt", ".ts")
     if deploy_python.exists() and model_ts.exists():
         runs["deploy"] = [str(deploy_python), "deploy/app.py", "-i", str(image), "-o", str(tmp_path / "deploy"), "-m", str(model_ts)]
     maps = {}
@@ -281,8 +296,8 @@ def test_same_nuclei_through_every_entry_point(server: Server, tmp_path: Path) -
 
 
 def test_train_updates_model_and_next_inference(server: Server) -> None:
-    repo_weights = sha256(ROOT / "models" / "model.pt")
-    served = server.bundle / "models" / "model.pt"
+    repo_weights = sha256(ROOT / "models" / WEIGHTS)
+    served = server.bundle / "models" / WEIGHTS
     before_weights = sha256(served)
     before_mask = infer_mask(server, IMAGES[0].stem)
 
@@ -308,8 +323,8 @@ def test_train_updates_model_and_next_inference(server: Server) -> None:
         time.sleep(2)
     assert status.get("status") == "DONE", f"{status}\n{server.log_text()[-3000:]}"
 
-    assert sha256(served) != before_weights, "training did not write models/model.pt"
-    assert sha256(ROOT / "models" / "model.pt") == repo_weights
+    assert sha256(served) != before_weights, f"training did not write models/{WEIGHTS}"
+    assert sha256(ROOT / "models" / WEIGHTS) == repo_weights
     after_mask = infer_mask(server, IMAGES[0].stem)
     assert after_mask.shape == before_mask.shape and set(np.unique(after_mask).tolist()) <= {0, 1}
     assert (after_mask != before_mask).any(), "inference did not pick up the new weights"

@@ -65,7 +65,7 @@ class GRUNetLabelApp(MONAILabelApp):
     Args:
         app_dir: this folder (holding ``model/<bundle>``).
         studies: datastore folder of images (labels under ``labels/final``).
-        conf: ``--conf`` options: ``models`` (bundle names), ``variant`` (full or compact), ``gdam_samples`` (default 4),
+        conf: ``--conf`` options: ``models`` (bundle names), ``variant`` (auto, the default: compact on CPU and full with CUDA; full or compact), ``gdam_samples`` (default 4),
             ``skip_trainers`` (default false).
     """
 

@@ -53,14 +53,15 @@ class _NucleusTask(InferTask):
 
     Args:
         path: bundle directory (``configs/inference.json``, ``models/model.pt``).
-        conf: server ``--conf`` options: ``variant`` (``full``, default, or ``compact``: the model variant of
+        conf: server ``--conf`` options: ``variant`` (``auto``, default: the compact model on CPU and the full one
+            with CUDA, as everywhere in the bundle; ``full`` or ``compact``: a model variant of
             :data:`bundle.config_io.MODEL_VARIANTS`, with its weight file in ``models/``).
         description: task description shown in ``/info/``.
     """
 
     def __init__(self, path: str, conf: Dict[str, str], description: str) -> None:
         self.bundle_path = path
-        self.variant = conf.get("variant", "full")
+        self.variant = conf.get("variant", "auto")
         self.organ = conf.get("organ") or None  # the server's default organ; a request's "organ" overrides it
         config = load_config("inference", bundle_root=path, variant=self.variant)
         self.model_path = os.path.abspath(config.get_parsed_content("checkpoint"))
@@ -149,8 +150,9 @@ class NucleusMaskInfer(_NucleusTask):
             Image.fromarray(mask.astype(np.uint8)).save(result)
         else:
             shutil.copyfile(files["instances" if output == "instances" else "geojson"], result)
-        keys = ("nucleus_count", "nuclei_per_mm2_tissue", "conversion", "mpp", "mpp_source", "width", "height")
-        return result, {**{k: summary.get(k) for k in keys}, "latencies": {"total": round(time.time() - start, 2)}}
+        keys = ("nucleus_count", "nuclei_per_mm2_tissue", "conversion", "mpp", "mpp_source", "width", "height", "prompts")
+        served = {"weights": os.path.basename(summary["weights"] or "")}
+        return result, {**{k: summary.get(k) for k in keys}, **served, "latencies": {"total": round(time.time() - start, 2)}}
 
 
 class NucleusPolygonInfer(_NucleusTask):

@@ -29,19 +29,26 @@ class OverlayBundleTrainTask(BundleTrainTask):
 
     Args:
         path: bundle directory.
-        conf: server ``--conf`` options; ``variant`` (``full`` or ``compact``) adds the variant's overlay first, so
-            that training writes the variant's weight file (``models/model_compact.pt``).
+        conf: server ``--conf`` options; ``variant`` (``auto``, default: compact on CPU, full with CUDA; ``full`` or
+            ``compact``) adds the variant's overlay first, so that training writes the variant's weight file
+            (``models/model_compact.pt`` for the compact model).
         overlays: config files applied over the bundle's train config (and the variant's).
         kwargs: passed to :class:`BundleTrainTask`.
     """
 
     def __init__(self, path: str, conf: Dict[str, str], overlays: Sequence[str] = (OVERLAY,), **kwargs: Any) -> None:
-        variant = [str(config_path(name, path)) for name in variant_overlays(conf.get("variant", "full"))]
+        variant = [str(config_path(name, path)) for name in variant_overlays(conf.get("variant", "auto"))]
         self.overlays = [os.path.abspath(o) for o in (*variant, *overlays)]
         for overlay in self.overlays:
             if not os.path.isfile(overlay):
                 raise FileNotFoundError(f"train overlay config not found: {overlay}")
         super().__init__(path, conf, **kwargs)
+
+    def __call__(self, request: Dict[str, Any], datastore: Any) -> Any:
+        """Train as :class:`BundleTrainTask` does, starting from the variant's weight file (``model_file`` of the
+        configs, e.g. ``model_compact.pt``) unless the request names another (MONAI Label's default is ``model.pt``,
+        the full model's)."""
+        return super().__call__({"model_filename": self.bundle_config.get("model_file", "model.pt"), **request}, datastore)
 
     def _config_files(self) -> List[str]:
         return [self.bundle_config_path, *self.overlays]
