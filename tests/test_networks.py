@@ -207,12 +207,13 @@ def test_slide_tiles_read_their_context_from_the_slide(tmp_path):
     from bundle.pipeline.segmenter import TileWindow
 
     window = TileWindow((256, 256, 512, 512), (192, 192, 576, 576), (384, 384), (64, 64, 320, 320))
-    tile, canvas = segmenter._read_tile(source, window)
+    tile, extra = segmenter._read_tile(source, window)
+    canvas = extra["context"]
     assert tile.shape == (384, 384, 3) and canvas.shape == (*inferer.canvas_shape(384, 384), 3)
     expected = source.read_region(0, 0, 700, 600, (150, 175))  # the canvas (0..768 of level 0) lies inside the slide here
     assert np.abs(canvas[:150, :175].astype(int) - expected.astype(int)).mean() < 8
     plain = load_config("inference", overrides={"checkpoint": None, "progress": False}).get_parsed_content("segmenter")
-    assert plain._read_tile(source, window)[1] is None
+    assert "context" not in plain._read_tile(source, window)[1]
 
 
 # -- every entry point by one overlay --------------------------------------------------------------------------------
