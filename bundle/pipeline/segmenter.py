@@ -176,7 +176,7 @@ class NucleusSegmenter:
     ):
         if tile_size <= 0 or margin < 0 or model_mpp <= 0:
             raise ValueError(f"tile_size and model_mpp must be positive and margin non-negative, got {tile_size}, {model_mpp}, {margin}")
-        keep_freed_memory()  # large tiles reuse freed memory instead of page-faulting (bundle.allocator)
+        keep_freed_memory(arenas=1)  # tiles reuse freed memory, one arena for every thread (bundle.allocator)
         self.device = torch.device(device)
         self.bf16 = resolve_bf16(amp, self.device)
         runtime = resolve_runtime(runtime, self.device, self.bf16)
