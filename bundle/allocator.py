@@ -9,8 +9,8 @@ in the environment). The peak memory is unchanged; the process keeps it until it
 
 Kept memory is kept per arena: by default each thread that allocates (the segmenter's tile readers and splitters)
 gets an arena of its own, and each keeps its own high-water mark. One arena for the process (the same as
-``MALLOC_ARENA_MAX=1``, what the segmenter asks for) keeps one: measured on the 2-core CPU, the sample slide with its background windows
-skipped peaked at 1.02 GB with per-thread arenas and 0.91 GB with one, at the same speed.
+``MALLOC_ARENA_MAX=1``; the segmenter asks for it) keeps one: measured on the 2-core CPU, the sample slide with
+its background windows skipped peaked at 1.02 GB with per-thread arenas and 0.91 GB with one, at the same speed.
 """
 
 from __future__ import annotations
