@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -82,6 +83,14 @@ def _parsed_overrides(pairs: List[str]) -> Dict[str, object]:
     return parsed
 
 
+def _epochs_trained(history: Path) -> Optional[int]:
+    """The last epoch in a run's ``history.jsonl`` (a run cut by ``training_minutes`` trained fewer than asked)."""
+    if not history.is_file():
+        return None
+    epochs = [r.get("epoch", 0) for r in map(json.loads, history.read_text().splitlines()) if r.get("event") == "epoch"]
+    return max(epochs, default=0)
+
+
 def _row(name: str, summary: Dict) -> str:
     """One table row: means over all validation images, then Dice and AJI per data set."""
     if "mean_dice" not in summary:
@@ -89,20 +98,28 @@ def _row(name: str, summary: Dict) -> str:
     cells = [f"{summary.get(k, float('nan')):.4f}" for k in ("mean_dice", "mean_aji", "mean_pq", "mean_f1", "pooled_count_ratio")]
     for group, values in summary.get("by_dataset", {}).items():
         cells.append(f"{group} {values['mean_dice']:.4f} / {values.get('mean_aji', float('nan')):.4f}")
-    return f"| {name} | {summary['parameters'] / 1e6:.2f} M | " + " | ".join(cells) + " |"
+    return f"| {name} | {summary['parameters'] / 1e6:.2f} M | {summary.get('epochs_trained')} | " + " | ".join(cells) + " |"
 
 
 def _run_all(variants: List[str], stage: str, args: argparse.Namespace) -> Dict[str, int]:
+    """Run ``stage`` for each variant, ``args.parallel`` at a time; a run stopped by SIGTERM (``timeout``) stops
+    the runs it started too."""
     pending, running, codes = list(variants), {}, {}
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            v = pending.pop(0)
-            running[v] = _launch(v, stage, args)
-        for v, proc in list(running.items()):
-            if proc.poll() is not None:
-                codes[v] = proc.returncode
-                del running[v]
-        time.sleep(1)
+    try:
+        while pending or running:
+            while pending and len(running) < args.parallel:
+                v = pending.pop(0)
+                running[v] = _launch(v, stage, args)
+            for v, proc in list(running.items()):
+                if proc.poll() is not None:
+                    codes[v] = proc.returncode
+                    del running[v]
+            time.sleep(1)
+    finally:
+        for proc in running.values():
+            proc.terminate()
+        for proc in running.values():
+            proc.wait()
     return codes
 
 
@@ -120,6 +137,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--width", type=int, default=None, help="scale every network to this first-level width (CPU budgets)")
     parser.add_argument("--report_only", action="store_true", help="only tabulate the evaluations already in output_dir")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     variants = [v for v in args.variants.split(",") if v]
     generic = [v for v in args.eval_generic.split(",") if v]
     t0 = time.time()
@@ -138,14 +156,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         results[name] = {
             "parameters": sum(p.numel() for p in config.get_parsed_content("network_def").parameters() if p.requires_grad),
             "train_rc": train_codes.get(variant),
+            "epochs_trained": _epochs_trained(Path(args.output_dir) / variant / "history.jsonl"),
             **(json.loads(summary.read_text()) if summary.is_file() else {}),
         }
     report = {"epochs": args.epochs, "width": args.width, "configs": args.configs, "overrides": args.override, "results": results}
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     Path(args.output_dir, "ablations.json").write_text(json.dumps(report, indent=2))
     print(f"{len(variants)} variants, {args.epochs} epochs each, width {args.width or 'config'}, {time.time() - t0:.0f} s")
-    print("| variant | parameters | Dice | AJI | PQ | F1 | count ratio | per data set: Dice / AJI |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| variant | parameters | epochs | Dice | AJI | PQ | F1 | count ratio | per data set: Dice / AJI |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, r in results.items():
         print(_row(name, r))
     return 0 if all(c == 0 for c in train_codes.values()) else 1

@@ -82,3 +82,19 @@ def test_training_minutes_stops_a_bundle_run(tmp_path):
     epochs = [r["epoch"] for r in _records(out / "history.jsonl") if r["event"] == "epoch"]
     assert 1 <= epochs[-1] < 1000
     assert (out / "checkpoints" / f"checkpoint_epoch={epochs[-1]}.pt").is_file()
+
+
+@parameterized.expand([(8, 5, [5, 8]), (10, 5, [5, 10]), (3, 5, [3])])
+def test_validation_at_intervals_and_the_last_epoch(epochs, interval, expected):
+    from bundle.training.validation import ValidationHandlerWithLastEpoch
+
+    from monai.engines import Evaluator
+
+    validated = []
+    validator = Evaluator(device="cpu", val_data_loader=[0], iteration_update=lambda e, b: None)
+    trainer = Engine(lambda e, b: None)
+    handler = ValidationHandlerWithLastEpoch(interval=interval, validator=validator)
+    handler.attach(trainer)
+    validator.add_event_handler(Events.STARTED, lambda e: validated.append(trainer.state.epoch))
+    trainer.run(range(2), max_epochs=epochs)
+    assert validated == expected

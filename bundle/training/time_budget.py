@@ -25,10 +25,11 @@ class TrainingTimeBudget:
     cuDNN's algorithm search; validation epochs enter the mean as they come), at most the configured
     ``max_epochs``. ``engine.state.max_epochs`` is set to it and, when ``lr_scheduler`` is a
     :class:`~torch.optim.lr_scheduler.CosineAnnealingLR` stepped once per epoch, its ``T_max`` too, so that the
-    learning rate still decays to its floor by the last epoch. When not one more epoch fits, the run stops
-    (``engine.terminate()``, after that epoch's validation and checkpoint). The budget counts from this run's start;
-    a resumed run gets the whole budget again. Under ``torch.distributed`` the ranks take the smallest count
-    (a MIN all-reduce), so that all of them stop after the same epoch.
+    learning rate still decays to its floor by the last epoch. When not one more epoch fits, the epoch just
+    completed becomes the last (``max_epochs``): attached before
+    :class:`bundle.training.validation.ValidationHandlerWithLastEpoch`, it is validated and checkpointed. The
+    budget counts from this run's start; a resumed run gets the whole budget again. Under ``torch.distributed``
+    the ranks take the smallest count (a MIN all-reduce), so that all of them stop after the same epoch.
 
     Args:
         minutes: the wall-clock budget of the run.
@@ -69,7 +70,7 @@ class TrainingTimeBudget:
                 "training time budget: stopping after epoch %d at %.1f of %.1f minutes (%.1f s per epoch)",
                 epoch, elapsed / 60, self.budget_s / 60, pace,
             )
-            engine.terminate()
+            engine.state.max_epochs = epoch  # the last epoch: validated (ValidationHandlerWithLastEpoch), saved
             return
         if self._epochs < self.calibration_epochs:
             return
