@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Prepare a device (GPU) run here, into runs/device: the wheels the device machine lacks (its image has torch, numpy,
-# scipy, scikit-image, tifffile, pillow, matplotlib; not MONAI, ignite, fire or shapely) for its python3, and
+# scipy, scikit-image, tifffile, pillow, matplotlib; not MONAI, ignite or fire) for its python3, and
 #   training   (run_gpu_training.sh, run_gpu_networks.sh): the training data of ../shared/data, packed
-#              (scripts/device/pack_data.py, about 10 MiB);
-#   benchmark  (run_gpu_benchmark.sh, run_cohort_benchmark.sh): OpenSlide's wheels, which read the synthetic slides.
+#              (scripts/device/pack_data.py, about 12 MiB);
+#   benchmark  (run_gpu_benchmark.sh, run_cohort_benchmark.sh): shapely (GeoJSON) and OpenSlide (the synthetic
+#              slides are read through it).
 # Both do not fit at once: what travels (tracked files, 48 MiB of them the shipped weights, + untracked files git does
 # not ignore + runs/device) must stay under the 64 MiB a device call carries, which this script checks. Then call
 # the device tool with, for example,
@@ -20,11 +21,11 @@ PY=.venv/bin/python
 [ -x "$PY" ] || PY=python3
 rm -rf runs/device/wheels runs/device/data
 mkdir -p runs/device/wheels
-EXTRA=()
-[ "$MODE" = benchmark ] && EXTRA=(openslide-python==1.4.7 openslide-bin==4.0.1.2)
+EXTRA=()  # training needs neither shapely (GeoJSON) nor OpenSlide
+[ "$MODE" = benchmark ] && EXTRA=(shapely==2.2.0 openslide-python==1.4.7 openslide-bin==4.0.1.2)
 "$PY" -m pip download -q -d runs/device/wheels --no-deps --only-binary=:all: --python-version "$PYV" --implementation cp \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_24_x86_64 \
-    --platform manylinux_2_28_x86_64 monai==1.6.1 pytorch-ignite==0.4.11 fire==0.7.1 termcolor==3.3.0 shapely==2.2.0 "${EXTRA[@]}" 2>&1 \
+    --platform manylinux_2_28_x86_64 monai==1.6.1 pytorch-ignite==0.4.11 fire==0.7.1 termcolor==3.3.0 "${EXTRA[@]}" 2>&1 \
     | grep -v "^WARNING: Location" || true
 [ "$MODE" = training ] && "$PY" scripts/device/pack_data.py pack "$DATA" runs/device/data
 tracked=$(git ls-files -z | xargs -0 stat -c %s | awk '{s += $1} END {print s + 0}')
