@@ -6,7 +6,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-runs/device/out}"
-mkdir -p "$OUT"
 source scripts/device/install.sh
 NGPU=$(python3 -c "import torch; print(torch.cuda.device_count())")
 HF_HUB_OFFLINE=1 timeout "${BUDGET:-300}" python3 scripts/benchmark_cohort.py --output_dir "$OUT/cohort" --device cuda \

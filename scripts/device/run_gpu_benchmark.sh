@@ -4,8 +4,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-runs/device/out}"
-mkdir -p "$OUT"
 source scripts/device/install.sh
-nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 HF_HUB_OFFLINE=1 timeout "${BUDGET:-420}" python3 scripts/benchmark_gpu.py --output_dir "$OUT" "$@" 2>&1 | tee "$OUT/log.txt"
 rm -rf "$OUT/outputs"  # per-nucleus files of the synthetic slide: large, not needed

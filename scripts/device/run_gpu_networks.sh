@@ -12,10 +12,7 @@ OUT="${OUT:-runs/device/out}"
 RUN="${RUN:-/tmp/grunet_networks}"
 DATA="${DATA:-/tmp/grunet_data}"
 VARIANTS="${VARIANTS:-basicunet,compact,full,da_refinenet,unet_sharp,eunet3plus,eunet3plus_fusion,plain,respath,no_gdam}"
-mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
 source scripts/device/install.sh
-nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
-python3 scripts/device/pack_data.py unpack runs/device/data "$DATA" || exit 1
 ARGS=(--configs configs/monuseg_tnbc.json --output_dir "$RUN" --variants "$VARIANTS" --epochs "${EPOCHS:-40}"
     --val_interval "${VAL_INTERVAL:-10}" --override data_root="$DATA" --override images_per_batch="${IMAGES:-8}"
     --override crops_per_image="${CROPS:-16}" --override num_workers="${WORKERS:-7}"

@@ -12,10 +12,7 @@ cd "$(dirname "$0")/../.."
 OUT="${OUT:-runs/device/out}"
 RUN="${RUN:-/tmp/grunet_train}"
 DATA="${DATA:-/tmp/grunet_data}"
-mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
 source scripts/device/install.sh
-nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
-python3 scripts/device/pack_data.py unpack runs/device/data "$DATA" || exit 1
 INIT_ARGS=()
 [ -n "${INIT:-}" ] && INIT_ARGS=(--init_checkpoint "$INIT")
 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 python3 -m monai.bundle run training \
