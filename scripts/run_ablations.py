@@ -87,7 +87,14 @@ def _epochs_trained(history: Path) -> Optional[int]:
     """The last epoch in a run's ``history.jsonl`` (a run cut by ``training_minutes`` trained fewer than asked)."""
     if not history.is_file():
         return None
-    epochs = [r.get("epoch", 0) for r in map(json.loads, history.read_text().splitlines()) if r.get("event") == "epoch"]
+    epochs = []
+    for line in history.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line half-written when the run was stopped
+            continue
+        if record.get("event") == "epoch":
+            epochs.append(record.get("epoch", 0))
     return max(epochs, default=0)
 
 
@@ -101,26 +108,42 @@ def _row(name: str, summary: Dict) -> str:
     return f"| {name} | {summary['parameters'] / 1e6:.2f} M | {summary.get('epochs_trained')} | " + " | ".join(cells) + " |"
 
 
-def _run_all(variants: List[str], stage: str, args: argparse.Namespace) -> Dict[str, int]:
-    """Run ``stage`` for each variant, ``args.parallel`` at a time; a run stopped by SIGTERM (``timeout``) stops
-    the runs it started too."""
-    pending, running, codes = list(variants), {}, {}
+def _run_all(variants: List[str], generic: List[str], args: argparse.Namespace) -> Dict[str, int]:
+    """Train each variant, ``args.parallel`` runs at a time, and evaluate each as soon as its training succeeded
+    (then with the generic prompts if it is in ``generic``); return the training exit codes. A run stopped by
+    SIGTERM (``timeout``) stops the runs it started and keeps the evaluations finished by then."""
+    pending = [(v, "train") for v in variants]
+    running: Dict[tuple, subprocess.Popen] = {}
+    codes: Dict[str, int] = {}
     try:
         while pending or running:
             while pending and len(running) < args.parallel:
-                v = pending.pop(0)
-                running[v] = _launch(v, stage, args)
-            for v, proc in list(running.items()):
-                if proc.poll() is not None:
+                job = pending.pop(0)
+                running[job] = _launch(*job, args)
+            for (v, stage), proc in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[(v, stage)]
+                if stage == "train":
                     codes[v] = proc.returncode
-                    del running[v]
+                    if proc.returncode == 0:  # evaluations go first: a cut run keeps finished rows
+                        pending[:0] = [(v, "eval")] + ([(v, "eval_generic")] if v in generic else [])
             time.sleep(1)
     finally:
         for proc in running.values():
             proc.terminate()
         for proc in running.values():
-            proc.wait()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     return codes
+
+
+def _stop(signum: int, frame) -> None:
+    """SIGTERM: leave through ``finally`` (stopping the runs started), once."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(128 + signum)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -137,17 +160,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--width", type=int, default=None, help="scale every network to this first-level width (CPU budgets)")
     parser.add_argument("--report_only", action="store_true", help="only tabulate the evaluations already in output_dir")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, _stop)
     variants = [v for v in args.variants.split(",") if v]
     generic = [v for v in args.eval_generic.split(",") if v]
     t0 = time.time()
     if args.report_only:
         train_codes = {v: 0 for v in variants}
     else:
-        train_codes = _run_all(variants, "train", args)
-        trained = [v for v in variants if train_codes[v] == 0]
-        _run_all(trained, "eval", args)
-        _run_all([v for v in generic if v in trained], "eval_generic", args)
+        train_codes = _run_all(variants, generic, args)
     results = {}
     for name, variant, stage in [(v, v, "eval") for v in variants] + [(f"{v} (generic prompts)", v, "eval_generic") for v in generic]:
         summary = Path(args.output_dir) / variant / stage / "metrics_summary.json"
@@ -167,7 +187,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, r in results.items():
         print(_row(name, r))
-    return 0 if all(c == 0 for c in train_codes.values()) else 1
+    return 0 if len(train_codes) == len(variants) and all(c == 0 for c in train_codes.values()) else 1
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ class TrainingTimeBudget:
             engine.state.max_epochs = epoch  # the last epoch: validated (ValidationHandlerWithLastEpoch), saved
             return
         if self._epochs < self.calibration_epochs:
+            if isinstance(self.lr_scheduler, CosineAnnealingLR) and self.lr_scheduler.T_max <= epoch:
+                self.lr_scheduler.T_max = self._configured  # resumed from a shortened run: never past its end
             return
         max_epochs = min(self._configured, epoch + fits)
         if self._epochs == self.calibration_epochs:

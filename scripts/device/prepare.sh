@@ -26,7 +26,7 @@ EXTRA=()  # training needs neither shapely (GeoJSON) nor OpenSlide
 "$PY" -m pip download -q -d runs/device/wheels --no-deps --only-binary=:all: --python-version "$PYV" --implementation cp \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_24_x86_64 \
     --platform manylinux_2_28_x86_64 monai==1.6.1 pytorch-ignite==0.4.11 fire==0.7.1 termcolor==3.3.0 "${EXTRA[@]}" 2>&1 \
-    | grep -v "^WARNING: Location" || true
+    | { grep -v "^WARNING: Location" || true; }
 [ "$MODE" = training ] && "$PY" scripts/device/pack_data.py pack "$DATA" runs/device/data
 tracked=$(git ls-files -z | xargs -0 stat -c %s | awk '{s += $1} END {print s + 0}')
 untracked=$(git ls-files -z -o --exclude-standard | xargs -0 -r stat -c %s | awk '{s += $1} END {print s + 0}')

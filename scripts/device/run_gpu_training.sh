@@ -15,7 +15,9 @@ DATA="${DATA:-/tmp/grunet_data}"
 source scripts/device/install.sh
 INIT_ARGS=()
 [ -n "${INIT:-}" ] && INIT_ARGS=(--init_checkpoint "$INIT")
-HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 python3 -m monai.bundle run training \
+rm -rf "$RUN"  # a fresh run: never resumed from an earlier one on a warm machine
+# the call's limit is 600 s: the outer timeout (CALL_BUDGET, 540 s) keeps time to pack what the run saved
+HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 timeout "${CALL_BUDGET:-540}" python3 -m monai.bundle run training \
     --config_file "['configs/train.json','configs/monuseg_tnbc.json']" \
     --meta_file configs/metadata.json --logging_file configs/logging.conf \
     --data_root "$DATA" --output_dir "$RUN" --training_minutes "${MINUTES:-6.5}" --epochs 100000 \
