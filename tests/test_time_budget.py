@@ -98,3 +98,24 @@ def test_validation_at_intervals_and_the_last_epoch(epochs, interval, expected):
     validator.add_event_handler(Events.STARTED, lambda e: validated.append(trainer.state.epoch))
     trainer.run(range(2), max_epochs=epochs)
     assert validated == expected
+
+
+def test_resumed_shortened_schedule_is_not_restarted():
+    """A checkpoint of a shortened run holds ``T_max`` = its last epoch; resumed, the schedule must not warm-restart
+    (the learning rate climbing back) before the budget sizes it again."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=5, eta_min=0.0)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # where the shortened run ended
+    engine = Engine(lambda e, b: optimizer.step())
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: scheduler.step())
+    TrainingTimeBudget(60.0, lr_scheduler=scheduler).attach(engine)
+    lrs = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: lrs.append(optimizer.param_groups[0]["lr"]))
+    engine.state.epoch, engine.state.iteration, engine.state.epoch_length, engine.state.max_epochs = 5, 5, 1, 10
+    engine.run(range(1), max_epochs=10)  # ignite resumes from epoch 5, as after MONAI's CheckpointLoader
+    assert engine.state.epoch == 10 and len(lrs) == 5
+    assert max(lrs) == pytest.approx(0.0, abs=1e-12)

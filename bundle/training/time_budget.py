@@ -48,11 +48,19 @@ class TrainingTimeBudget:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
 
     def _started(self, engine: Engine) -> None:
         self._start = time.monotonic()
         self._epochs, self._configured = 0, engine.state.max_epochs
+
+    def _epoch_started(self, engine: Engine) -> None:
+        # resumed from a shortened run (its checkpoint holds T_max = its last epoch): stepping past T_max would
+        # warm-restart the cosine (the learning rate climbing back), so stretch it to the configured length
+        scheduler = self.lr_scheduler
+        if self._epochs == 0 and isinstance(scheduler, CosineAnnealingLR) and scheduler.T_max <= scheduler.last_epoch:
+            scheduler.T_max = max(self._configured, scheduler.last_epoch + 1)
 
     def _epoch_completed(self, engine: Engine) -> None:
         now = time.monotonic()
@@ -73,8 +81,6 @@ class TrainingTimeBudget:
             engine.state.max_epochs = epoch  # the last epoch: validated (ValidationHandlerWithLastEpoch), saved
             return
         if self._epochs < self.calibration_epochs:
-            if isinstance(self.lr_scheduler, CosineAnnealingLR) and self.lr_scheduler.T_max <= epoch:
-                self.lr_scheduler.T_max = self._configured  # resumed from a shortened run: never past its end
             return
         max_epochs = min(self._configured, epoch + fits)
         if self._epochs == self.calibration_epochs:
