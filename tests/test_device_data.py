@@ -49,3 +49,20 @@ def test_pack_without_images_is_one_line(tmp_path, capsys):
     assert pack_data.main(["pack", str(tmp_path), str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "no images" in err and "\n" not in err
+
+
+def test_tracked_files_leave_room_for_a_device_training_call():
+    """A device call carries 64 MiB in all; a training call's runs/device (wheels + packed data) takes 14.2 MiB
+    (scripts/device/prepare.sh training), so the tracked files must stay under 49.8 MiB (new weights, images)."""
+    import subprocess
+
+    from tests.helpers import ROOT
+
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        import pytest
+
+        pytest.skip("not a git checkout")
+    size = sum((ROOT / name).stat().st_size for name in listed.decode().split("\0") if name and (ROOT / name).is_file())
+    assert size < 49.8 * 2**20, f"tracked files {size / 2**20:.1f} MiB: a device training call would not fit"
