@@ -98,6 +98,16 @@ def test_input_checks_name_the_path(tmp_path):
         check_output_dir(tmp_path / "a_file" / "out")
 
 
+def test_broken_links_are_reported_and_folders_passed_over(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "link.png").symlink_to(tmp_path / "a.png")
+    (tmp_path / "broken.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "folder.png").mkdir()
+    inputs, ignored = list_inputs(tmp_path)
+    assert [p.name for p in inputs] == ["a.png", "link.png"]
+    assert ignored == [{"input": str(tmp_path / "broken.png"), "reason": f"broken link (its target {tmp_path / 'gone.png'} does not exist)"}]
+
+
 @pytest.mark.parametrize("kwargs", [dict(threshold=0.0), dict(threshold=1.0), dict(min_size=-1), dict(marker_height=-0.1)])
 def test_instance_splitter_checks_settings(kwargs):
     with pytest.raises(ValueError):

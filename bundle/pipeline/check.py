@@ -22,7 +22,8 @@ PathLike = Union[str, os.PathLike]
 def list_inputs(path: PathLike) -> Tuple[List[Path], List[Dict[str, str]]]:
     """The input file at ``path``, or the images and slides directly inside the folder (sorted by name).
 
-    Hidden files and sub-folders are passed over; other files are returned as ignored ``{"input", "reason"}``.
+    Hidden files and sub-folders are passed over; other files, and links whose target is missing, are returned as
+    ignored ``{"input", "reason"}``.
 
     Raises:
         InputError: ``path`` does not exist, or the folder holds no image or slide.
@@ -34,7 +35,12 @@ def list_inputs(path: PathLike) -> Tuple[List[Path], List[Dict[str, str]]]:
         return [p], []
     inputs, ignored = [], []
     for f in sorted(p.iterdir()):
-        if f.name.startswith(".") or not f.is_file():
+        if f.name.startswith("."):
+            continue
+        if f.is_symlink() and not f.exists():
+            ignored.append({"input": str(f), "reason": f"broken link (its target {os.readlink(f)} does not exist)"})
+            continue
+        if not f.is_file():
             continue
         if f.suffix.lower() in INPUT_SUFFIXES:
             inputs.append(f)
