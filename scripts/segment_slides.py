@@ -82,7 +82,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for item in report.skipped:
         print(f"skipped: {item['reason']}", file=sys.stderr)
     for s in report.written:
-        print(f"{s['input']}: {s['nucleus_count']} nuclei, {s['nuclei_per_mm2_tissue']} per mm2 of tissue, {s['seconds']} s -> {Path(s['files']['geojson']).parent}")
+        density = s.get("message") or f"{s['nuclei_per_mm2_tissue']} per mm2 of tissue"  # "no tissue detected", ...
+        print(f"{s['input']}: {s['nucleus_count']} nuclei, {density}, {s['seconds']} s -> {Path(s['files']['geojson']).parent}")
     return report.exit_status
 
 

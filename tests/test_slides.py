@@ -115,9 +115,29 @@ def test_geojson_feature_is_a_closed_qupath_detection():
     assert set(feature["properties"]["measurements"]) == set(CSV_COLUMNS) - {"id", "centroid_x", "centroid_y"}
 
 
-@parameterized.expand([("blank", np.full((128, 128, 3), WHITE, np.uint8), 0.0, 0.0), ("tissue", SAMPLE_RGB, 0.9, 1.0)])
+def _on_black_filler(rgb: np.ndarray, border: int = 64) -> np.ndarray:
+    """``rgb`` framed by ``border`` pixels of a scanner's black filler (values 0-11: noise with a random hue)."""
+    h, w, _ = rgb.shape
+    canvas = np.random.default_rng(0).integers(0, 12, (h + 2 * border, w + 2 * border, 3)).astype(np.uint8)
+    canvas[border:-border, border:-border] = rgb
+    return canvas
+
+
+@parameterized.expand([
+    ("blank", np.full((128, 128, 3), WHITE, np.uint8), 0.0, 0.0),
+    ("black", np.zeros((128, 128, 3), np.uint8), 0.0, 0.0),
+    ("black_filler_alone", _on_black_filler(np.zeros((0, 0, 3), np.uint8)), 0.0, 0.0),
+    ("tissue", SAMPLE_RGB, 0.9, 1.0),
+])
 def test_tissue_mask(_, rgb, low, high):
     assert low <= tissue_mask(rgb).mean() <= high
+
+
+def test_black_filler_around_tissue_is_not_tissue():
+    mask = tissue_mask(_on_black_filler(SAMPLE_RGB))
+    inner = mask[64:-64, 64:-64]
+    assert inner.mean() >= 0.9 * tissue_mask(SAMPLE_RGB).mean()
+    assert mask.sum() == inner.sum(), "no tissue in the black frame"
 
 
 # -- reading -----------------------------------------------------------------------------------------------------

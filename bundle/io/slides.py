@@ -265,21 +265,25 @@ def _foreground(signal: np.ndarray, floor: float) -> np.ndarray:
     return signal > thr
 
 
-def tissue_mask(thumb: np.ndarray, min_saturation: float = 0.05, min_darkness: float = 0.1, min_size: int = 16) -> np.ndarray:
+def tissue_mask(
+    thumb: np.ndarray, min_saturation: float = 0.05, min_darkness: float = 0.1, min_size: int = 16, min_brightness: float = 0.1
+) -> np.ndarray:
     """Tissue (bool, same H x W) of an RGB thumbnail.
 
     H&E tissue is coloured, glass and background are grey or white: tissue is where the saturation is above Otsu's
     threshold (and ``min_saturation``). A grey image (a grayscale input converted to RGB, whose saturation is 0
-    everywhere) is judged by darkness instead (1 - intensity above Otsu's threshold and ``min_darkness``). A blank
-    slide gives an empty mask.
+    everywhere) is judged by darkness instead (1 - intensity above Otsu's threshold and ``min_darkness``). Near-black
+    pixels (brightest channel under ``min_brightness``: a scanner's black filler, slide edges, a black image) are
+    never tissue: their saturation is noise. A blank or black slide gives an empty mask.
     """
     rgb = thumb.astype(np.float32) / 255.0
     mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
-    sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
+    lit = mx >= min_brightness
+    sat = np.where(lit, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
     if float(sat.max()) < min_saturation:  # no colour anywhere: a grayscale image
-        mask = _foreground(1.0 - rgb.mean(axis=-1), min_darkness)
+        mask = _foreground(np.where(lit, 1.0 - rgb.mean(axis=-1), 0.0), min_darkness) & lit
     else:
-        mask = _foreground(sat, min_saturation)
+        mask = _foreground(sat, min_saturation) & lit
     mask = ndimage.binary_closing(mask, iterations=2)
     mask = ndimage.binary_fill_holes(mask)
     labels, n = ndimage.label(mask)
