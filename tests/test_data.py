@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from bundle.data.datalists import group_id, make_split, paired_datalist, scan_images, split_datalist
@@ -112,6 +113,18 @@ def test_inspect_image_messages_name_the_file(tmp_path):
     with pytest.raises(ImageReadError, match="missing.png: file not found"):
         inspect_image(tmp_path / "missing.png")
     assert read_rgb(paths["gray"]).shape == (256, 256, 3)
+
+
+@pytest.mark.parametrize("data, kwargs, layout", [
+    (np.full((32, 32, 3), 0.5, np.float32), {"photometric": "rgb"}, "float32 RGB (3 samples per pixel)"),
+    (np.zeros((32, 32, 5), np.uint8), {"photometric": "minisblack", "planarconfig": "contig"}, "uint8 MINISBLACK (5 samples per pixel)"),
+])
+def test_tiffs_pil_cannot_open_are_described(tmp_path, data, kwargs, layout):
+    path = tmp_path / "x.tif"
+    tifffile.imwrite(path, data, **kwargs)
+    with pytest.raises(ImageReadError) as err:
+        read_rgb(path)
+    assert str(err.value) == f"{path}: TIFF of {layout} is not supported; convert it to 8-bit RGB first"
 
 
 def _items(n, groups=None):

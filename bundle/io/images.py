@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import numpy as np
+import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from bundle.errors import InputError
@@ -61,6 +62,22 @@ def is_image_file(path: PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
+def _tiff_layout(path: Path) -> Optional[str]:
+    """What the first page of a TIFF that PIL cannot open holds, read from its tags by tifffile; None for other files
+    and for TIFFs that tifffile cannot parse either.
+
+    Example: ``"float32 RGB (3 samples per pixel)"``.
+    """
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            return f"{page.dtype} {page.photometric.name} ({page.samplesperpixel} samples per pixel)"
+    except (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError):
+        return None
+
+
 def _open_fully(path: Path, max_pixels: Optional[int] = None) -> Image.Image:
     """Open and decode ``path``; its size is checked against ``max_pixels`` from the header, before decoding."""
     if not path.is_file():
@@ -70,6 +87,9 @@ def _open_fully(path: Path, max_pixels: Optional[int] = None) -> Image.Image:
     except Image.DecompressionBombError as err:  # over twice PIL's MAX_IMAGE_PIXELS: refused before decoding
         raise ImageReadError(f"{path}: image too large to decode in memory ({err}); convert it to a tiled pyramidal TIFF") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        layout = _tiff_layout(path)
+        if layout is not None:
+            raise ImageReadError(f"{path}: TIFF of {layout} is not supported; convert it to 8-bit RGB first") from err
         raise ImageReadError(f"{path}: not a readable image ({err})") from err
     if max_pixels is not None and im.width * im.height > max_pixels:
         im.close()
