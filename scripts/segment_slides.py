@@ -81,6 +81,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_ERROR
     for item in report.skipped:
         print(f"skipped: {item['reason']}", file=sys.stderr)
+    for item in report.ignored:
+        print(f"ignored: {item['input']}: {item['reason']}", file=sys.stderr)
     for s in report.written:
         density = s.get("message") or f"{s['nuclei_per_mm2_tissue']} per mm2 of tissue"  # "no tissue detected", ...
         print(f"{s['input']}: {s['nucleus_count']} nuclei, {density}, {s['seconds']} s -> {Path(s['files']['geojson']).parent}")

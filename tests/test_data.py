@@ -115,16 +115,36 @@ def test_inspect_image_messages_name_the_file(tmp_path):
     assert read_rgb(paths["gray"]).shape == (256, 256, 3)
 
 
-@pytest.mark.parametrize("data, kwargs, layout", [
-    (np.full((32, 32, 3), 0.5, np.float32), {"photometric": "rgb"}, "float32 RGB (3 samples per pixel)"),
-    (np.zeros((32, 32, 5), np.uint8), {"photometric": "minisblack", "planarconfig": "contig"}, "uint8 MINISBLACK (5 samples per pixel)"),
+def _unknown_photometric(path, data):
+    """Write ``data`` as an RGB TIFF, then overwrite its photometric tag with a value no TIFF reader knows."""
+    tifffile.imwrite(path, data, photometric="rgb")
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages.first.tags["PhotometricInterpretation"].offset
+    raw = bytearray(path.read_bytes())
+    raw[offset + 8 : offset + 10] = (9999).to_bytes(2, "little")  # the tag's value field (classic TIFF, little endian)
+    path.write_bytes(bytes(raw))
+
+
+RGB8 = np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda p: tifffile.imwrite(p, RGB8.astype(np.float32), photometric="rgb"),
+     "TIFF of float32 RGB (3 samples per pixel) is not supported; convert it to 8-bit RGB first"),
+    (lambda p: tifffile.imwrite(p, np.zeros((32, 32, 5), np.uint8), photometric="minisblack", planarconfig="contig"),
+     "TIFF of uint8 MINISBLACK (5 samples per pixel) is not supported; convert it to 8-bit RGB first"),
+    (lambda p: tifffile.imwrite(p, RGB8, photometric="rgb", compression="jpeg2000"),
+     "TIFF of uint8 RGB (3 samples per pixel) in JPEG2000 compression cannot be decoded; save it with LZW, deflate or JPEG compression"),
+    (lambda p: _unknown_photometric(p, RGB8.astype(np.float32)),
+     "TIFF of float32 9999 (3 samples per pixel) is not supported; convert it to 8-bit RGB first"),
+    (lambda p: p.write_bytes(b"II*\x00not a tiff at all"), "not a readable image (cannot identify image file"),
 ])
-def test_tiffs_pil_cannot_open_are_described(tmp_path, data, kwargs, layout):
+def test_tiffs_pil_cannot_open_are_described(tmp_path, write, message):
     path = tmp_path / "x.tif"
-    tifffile.imwrite(path, data, **kwargs)
+    write(path)
     with pytest.raises(ImageReadError) as err:
         read_rgb(path)
-    assert str(err.value) == f"{path}: TIFF of {layout} is not supported; convert it to 8-bit RGB first"
+    assert str(err.value).startswith(f"{path}: {message}") and "\n" not in str(err.value)
 
 
 def _items(n, groups=None):

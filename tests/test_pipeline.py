@@ -106,6 +106,10 @@ def test_broken_links_are_reported_and_folders_passed_over(tmp_path):
     inputs, ignored = list_inputs(tmp_path)
     assert [p.name for p in inputs] == ["a.png", "link.png"]
     assert ignored == [{"input": str(tmp_path / "broken.png"), "reason": f"broken link (its target {tmp_path / 'gone.png'} does not exist)"}]
+    for name in ("a.png", "link.png"):
+        (tmp_path / name).unlink()
+    with pytest.raises(InputError, match=r"no images or slides .* in this folder; 1 broken link\(s\): broken.png$"):
+        list_inputs(tmp_path)
 
 
 @pytest.mark.parametrize("kwargs", [dict(threshold=0.0), dict(threshold=1.0), dict(min_size=-1), dict(marker_height=-0.1)])

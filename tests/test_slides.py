@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 from parameterized import parameterized
+from PIL import Image
 from skimage.draw import disk
 
 from bundle.config_io import load_config
@@ -133,10 +134,14 @@ def test_tissue_mask(_, rgb, low, high):
     assert low <= tissue_mask(rgb).mean() <= high
 
 
-def test_black_filler_around_tissue_is_not_tissue():
-    mask = tissue_mask(_on_black_filler(SAMPLE_RGB))
+SAMPLE_GRAY = np.repeat(SAMPLE_RGB.mean(axis=-1, keepdims=True).astype(np.uint8), 3, axis=-1)
+
+
+@parameterized.expand([("colour", SAMPLE_RGB), ("grayscale", SAMPLE_GRAY)])
+def test_black_filler_around_tissue_is_not_tissue(_, rgb):
+    mask = tissue_mask(_on_black_filler(rgb))
     inner = mask[64:-64, 64:-64]
-    assert inner.mean() >= 0.9 * tissue_mask(SAMPLE_RGB).mean()
+    assert inner.mean() >= 0.9 * tissue_mask(rgb).mean() >= 0.8
     assert mask.sum() == inner.sum(), "no tissue in the black frame"
 
 
@@ -290,9 +295,13 @@ def test_cli(tmp_path):
     write_slide(folder / "nompp.tif", mosaic()[128:384, 256:512], with_mpp=False)
     refused = run_cli(folder, "-o", tmp_path / "o")
     assert refused.returncode == 2 and "microns-per-pixel" in refused.stderr
+    Image.fromarray(np.full((64, 64, 3), WHITE, np.uint8)).save(folder / "blank.png")
+    (folder / "notes.txt").write_text("not an image\n")
     done = run_cli(folder, "-o", tmp_path / "o", "--mpp", "0.25")
     assert done.returncode == 0, done.stderr
     assert "nuclei" in done.stdout and (tmp_path / "o" / "nompp" / "nompp.geojson").is_file()
+    assert f"{folder / 'blank.png'}: 0 nuclei, no tissue detected," in done.stdout
+    assert f"ignored: {folder / 'notes.txt'}: not an image or slide" in done.stderr
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "wsi" / "CMU-1-Small-Region.svs").is_file(), reason="needs ../shared/data/wsi")

@@ -62,19 +62,27 @@ def is_image_file(path: PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _tiff_layout(path: Path) -> Optional[str]:
-    """What the first page of a TIFF that PIL cannot open holds, read from its tags by tifffile; None for other files
+def _tiff_problem(path: Path) -> Optional[str]:
+    """Why PIL cannot open a TIFF and what to do, from its first page's tags (read by tifffile); None for other files
     and for TIFFs that tifffile cannot parse either.
 
-    Example: ``"float32 RGB (3 samples per pixel)"``.
+    Example: ``"TIFF of float32 RGB (3 samples per pixel) is not supported; convert it to 8-bit RGB first"``; an
+    8-bit TIFF in a compression PIL lacks (JPEG 2000, JPEG XL, ...) is told to be saved with one it has.
     """
     if path.suffix.lower() not in (".tif", ".tiff"):
         return None
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
-            return f"{page.dtype} {page.photometric.name} ({page.samplesperpixel} samples per pixel)"
-    except (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError):
+            samples = page.samplesperpixel
+            photometric = getattr(page.photometric, "name", str(page.photometric))  # an unknown value stays an int
+            compression = getattr(page.compression, "name", str(page.compression))
+            layout = f"{page.dtype} {photometric} ({samples} sample{'s' if samples != 1 else ''} per pixel)"
+            if page.dtype == np.uint8 and samples in (1, 3, 4):
+                return (f"TIFF of {layout} in {compression} compression cannot be decoded; "
+                        "save it with LZW, deflate or JPEG compression")
+            return f"TIFF of {layout} is not supported; convert it to 8-bit RGB first"
+    except Exception:  # noqa: BLE001 - only a better message; the caller falls back to PIL's
         return None
 
 
@@ -87,9 +95,9 @@ def _open_fully(path: Path, max_pixels: Optional[int] = None) -> Image.Image:
     except Image.DecompressionBombError as err:  # over twice PIL's MAX_IMAGE_PIXELS: refused before decoding
         raise ImageReadError(f"{path}: image too large to decode in memory ({err}); convert it to a tiled pyramidal TIFF") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        layout = _tiff_layout(path)
-        if layout is not None:
-            raise ImageReadError(f"{path}: TIFF of {layout} is not supported; convert it to 8-bit RGB first") from err
+        problem = _tiff_problem(path)
+        if problem is not None:
+            raise ImageReadError(f"{path}: {problem}") from err
         raise ImageReadError(f"{path}: not a readable image ({err})") from err
     if max_pixels is not None and im.width * im.height > max_pixels:
         im.close()
@@ -104,7 +112,8 @@ def _open_fully(path: Path, max_pixels: Optional[int] = None) -> Image.Image:
         return im
     except (OSError, SyntaxError, ValueError, MemoryError) as err:
         im.close()
-        raise ImageReadError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
+        problem = _tiff_problem(path) if isinstance(err, OSError) and "decoder" in str(err) else None  # a codec PIL lacks
+        raise ImageReadError(f"{path}: {problem or f'not a readable image ({type(err).__name__}: {err})'}") from err
 
 
 def inspect_image(path: PathLike, warn: bool = True, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> ImageInfo:

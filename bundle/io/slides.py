@@ -265,6 +265,13 @@ def _foreground(signal: np.ndarray, floor: float) -> np.ndarray:
     return signal > thr
 
 
+def _touching_border(mask: np.ndarray) -> np.ndarray:
+    """The 4-connected regions of a bool (H, W) ``mask`` that reach the image border (bool, same shape)."""
+    labels, _ = ndimage.label(mask)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, edge[edge > 0])
+
+
 def tissue_mask(
     thumb: np.ndarray, min_saturation: float = 0.05, min_darkness: float = 0.1, min_size: int = 16, min_brightness: float = 0.1
 ) -> np.ndarray:
@@ -273,15 +280,24 @@ def tissue_mask(
     H&E tissue is coloured, glass and background are grey or white: tissue is where the saturation is above Otsu's
     threshold (and ``min_saturation``). A grey image (a grayscale input converted to RGB, whose saturation is 0
     everywhere) is judged by darkness instead (1 - intensity above Otsu's threshold and ``min_darkness``). Near-black
-    pixels (brightest channel under ``min_brightness``: a scanner's black filler, slide edges, a black image) are
-    never tissue: their saturation is noise. A blank or black slide gives an empty mask.
+    pixels (a scanner's black filler, slide edges, a black image) are not tissue: in colour, none is (their
+    saturation is noise); in grayscale, where dense nuclei can be as dark, those connected to the border. A blank or
+    black slide gives an empty mask.
+
+    Args:
+        thumb: RGB uint8 (H, W, 3).
+        min_saturation: lowest saturation of colour tissue, in [0, 1].
+        min_darkness: lowest darkness (1 - mean intensity) of grayscale tissue, in [0, 1].
+        min_size: tissue regions smaller than this many pixels are dropped.
+        min_brightness: pixels whose brightest channel is below this, in [0, 1], are near-black.
     """
     rgb = thumb.astype(np.float32) / 255.0
     mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
     lit = mx >= min_brightness
     sat = np.where(lit, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
-    if float(sat.max()) < min_saturation:  # no colour anywhere: a grayscale image
-        mask = _foreground(np.where(lit, 1.0 - rgb.mean(axis=-1), 0.0), min_darkness) & lit
+    if float(sat.max()) < min_saturation:  # no colour anywhere: a grayscale image, where nuclei can be near-black too
+        frame = _touching_border(~lit)
+        mask = _foreground(np.where(frame, 0.0, 1.0 - rgb.mean(axis=-1)), min_darkness) & ~frame
     else:
         mask = _foreground(sat, min_saturation) & lit
     mask = ndimage.binary_closing(mask, iterations=2)

@@ -47,7 +47,11 @@ def list_inputs(path: PathLike) -> Tuple[List[Path], List[Dict[str, str]]]:
         else:
             ignored.append({"input": str(f), "reason": f"not an image or slide (suffix {f.suffix or 'none'!r})"})
     if not inputs:
-        raise InputError(f"{p}: no images or slides ({', '.join(INPUT_SUFFIXES)}) in this folder")
+        message = f"{p}: no images or slides ({', '.join(INPUT_SUFFIXES)}) in this folder"
+        broken = [Path(item["input"]).name for item in ignored if item["reason"].startswith("broken link")]
+        if broken:
+            message += f"; {len(broken)} broken link(s): {', '.join(broken[:3])}" + (", ..." if len(broken) > 3 else "")
+        raise InputError(message)
     return inputs, ignored
 
 
