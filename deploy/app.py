@@ -160,6 +160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report.save()
     for item in report.skipped:
         print(f"skipped: {item['reason']}", file=sys.stderr)
+    for item in report.ignored:
+        print(f"ignored: {item['input']}: {item['reason']}", file=sys.stderr)
     if report.skipped:
         print(f"warning: {len(report.skipped)} of {len(report.written) + len(report.skipped)} inputs skipped, see {report.path}", file=sys.stderr)
     print(f"{len(report.written)} written, {len(report.skipped)} skipped -> {report.path}")

@@ -61,6 +61,8 @@ class RunReport:
             self.save()
 
     def add_ignored(self, items: List[Dict[str, str]]) -> None:
+        for item in items:
+            logger.warning("ignored %s: %s", item["input"], item["reason"])
         with self._lock:
             self.ignored.extend(items)
             self.save()
