@@ -37,7 +37,7 @@ from bundle.config_io import load_config  # noqa: E402
 from bundle.data.datalists import make_split  # noqa: E402
 from bundle.io.images import read_mask, read_rgb  # noqa: E402
 from bundle.evaluation.metrics import aggregated_jaccard_index, instance_scores, summarize_groups  # noqa: E402
-from bundle.pipeline.split import InstanceSplitter, binary_mask  # noqa: E402
+from bundle.pipeline.split import InstanceSplitter, binary_mask, mark_unmarked_components  # noqa: E402
 from bundle.data.targets import instance_labels  # noqa: E402
 
 
@@ -51,11 +51,7 @@ def truth_marker_split(prob: np.ndarray, truth: np.ndarray, threshold: float = 0
     distance transform."""
     mask = binary_mask(prob, threshold)
     markers = np.where(ndimage.binary_erosion(truth > 0, iterations=2) & mask, truth, 0)
-    components, _ = ndimage.label(mask)
-    unmarked = np.setdiff1d(np.unique(components[mask]), np.unique(components[markers > 0]))
-    for i, comp in enumerate(unmarked, start=int(truth.max()) + 1):
-        r, c = np.argwhere(components == comp)[0]
-        markers[r, c] = i
+    mark_unmarked_components(markers, ndimage.label(mask)[0], mask)
     return watershed(-ndimage.distance_transform_edt(mask), markers, mask=mask)
 
 

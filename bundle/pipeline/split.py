@@ -14,7 +14,7 @@ from skimage.feature import peak_local_max
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-__all__ = ["DISTANCE_SIGMA", "as_2d", "binary_mask", "h_maxima_markers", "split_instances", "InstanceSplitter", "SplitNucleusChannelsd"]
+__all__ = ["DISTANCE_SIGMA", "as_2d", "binary_mask", "h_maxima_markers", "mark_unmarked_components", "split_instances", "InstanceSplitter", "SplitNucleusChannelsd"]
 
 DISTANCE_SIGMA = 1.0  # pixels: smoothing of the predicted distance before its h-maxima are taken
 
@@ -88,6 +88,20 @@ def h_maxima_markers(energy: np.ndarray, mask: np.ndarray, height: float) -> np.
     return markers
 
 
+def mark_unmarked_components(markers: np.ndarray, components: np.ndarray, mask: np.ndarray) -> None:
+    """Give each connected component of ``mask`` that holds no marker one marker pixel of its own, in place.
+
+    Args:
+        markers: int (H, W) marker labels, 0 where none; new labels continue after its maximum.
+        components: int (H, W) connected components of ``mask`` (``scipy.ndimage.label``).
+        mask: bool (H, W).
+    """
+    unmarked = np.setdiff1d(np.unique(components[mask]), np.unique(components[markers > 0]))
+    for label, component in enumerate(unmarked, start=int(markers.max()) + 1):
+        r, c = np.argwhere(components == component)[0]
+        markers[r, c] = label
+
+
 def split_instances(
     prob: Any,
     threshold: float = 0.5,
@@ -141,12 +155,7 @@ def split_instances(
         peaks = peak_local_max(energy, min_distance=min_distance, labels=components, exclude_border=False)
         markers = np.zeros(mask.shape, np.int32)
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    # a component without a marker (very small or flat) keeps one marker of its own
-    unmarked = np.setdiff1d(np.unique(components[mask]), np.unique(components[markers > 0]))
-    next_id = int(markers.max()) + 1
-    for i, comp in enumerate(unmarked, start=next_id):
-        r, c = np.argwhere(components == comp)[0]
-        markers[r, c] = i
+    mark_unmarked_components(markers, components, mask)  # a very small or flat component keeps a marker of its own
     labels = watershed(-energy, markers, mask=mask)
     # consecutive labels 1..N
     ids = np.unique(labels)

@@ -33,16 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bundle.config_io import load_config  # noqa: E402
 from bundle.data.targets import instance_labels  # noqa: E402
-from bundle.evaluation.metrics import aggregated_jaccard_index  # noqa: E402
+from bundle.evaluation.metrics import aggregated_jaccard_index, confusion_counts, scores_from_counts  # noqa: E402
 from bundle.io.images import read_mask, read_rgb  # noqa: E402
-from bundle.pipeline.split import InstanceSplitter, binary_mask  # noqa: E402
+from bundle.pipeline.split import InstanceSplitter, binary_mask, mark_unmarked_components  # noqa: E402
 from scripts.evaluate_instances import truth_marker_split  # noqa: E402
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two bool (H, W) masks (1.0 when both are empty)."""
-    total = pred.sum() + truth.sum()
-    return 1.0 if total == 0 else float(2 * (pred & truth).sum() / total)
 
 
 def coverage(pred: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
@@ -75,11 +69,7 @@ def threshold_marker_split(prob: np.ndarray, distance: np.ndarray, level: float,
     mask = binary_mask(prob, 0.5, min_size)
     energy = ndimage.gaussian_filter(distance, 1.0) * mask
     markers, _ = ndimage.label((energy > level) & mask)
-    components, _ = ndimage.label(mask)
-    unmarked = np.setdiff1d(np.unique(components[mask]), np.unique(components[markers > 0]))
-    for label, component in enumerate(unmarked, start=int(markers.max()) + 1):
-        r, c = np.argwhere(components == component)[0]
-        markers[r, c] = label
+    mark_unmarked_components(markers, ndimage.label(mask)[0], mask)
     return watershed(-energy, markers, mask=mask)
 
 
@@ -117,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         prob, distance = segmenter.predict(read_rgb(item["image"]), item.get("organ"))
         truth = instance_labels(read_mask(item["label"]))
         c = coverage(prob > 0.5, truth)
-        row = {"dataset": item.get("dataset", "all"), **{f"dice {k}": dice(f(prob), truth > 0) for k, f in masks.items()},
+        row = {"dataset": item.get("dataset", "all"), **{f"dice {k}": scores_from_counts(confusion_counts(f(prob), truth > 0))["dice"] for k, f in masks.items()},
                **{f"aji {k}": aggregated_jaccard_index(truth, f(prob, distance, truth)) for k, f in splits.items()}}
         rows.append(row)
         print(f"| {Path(item['image']).stem} | {row['dataset']} | {item.get('organ', '')} | {row['dice 0.5']:.3f} | {c['precision']:.3f} "
