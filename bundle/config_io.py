@@ -12,7 +12,7 @@ from monai.bundle import ConfigParser
 
 from bundle.errors import InputError
 
-__all__ = ["BUNDLE_ROOT", "MODEL_VARIANTS", "config_path", "resolve_variant", "variant_overlays", "load_config"]
+__all__ = ["BUNDLE_ROOT", "MODEL_VARIANTS", "config_path", "resolve_variant", "variant_overlays", "parse_device", "load_config"]
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 PathLike = Union[str, os.PathLike]
@@ -45,6 +45,27 @@ def variant_overlays(variant: str) -> List[str]:
     if resolved not in MODEL_VARIANTS:
         raise InputError(f"unknown model variant {variant!r}; known: auto, {', '.join(MODEL_VARIANTS)}")
     return list(MODEL_VARIANTS[resolved])
+
+
+def parse_device(name: str) -> torch.device:
+    """The device a user named (``cpu``, ``cuda``, ``cuda:1``), checked against this machine.
+
+    Raises:
+        InputError: not a device name, or a CUDA device this machine does not have.
+    """
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device {name!r}; expected cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"device {name!r}: no CUDA GPU is available on this machine; use cpu")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"device {name!r}: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
+    elif device.type != "cpu":
+        raise InputError(f"device {name!r} is not supported; expected cpu, cuda or cuda:<index>")
+    return device
 
 
 def config_path(name: str, bundle_root: Optional[PathLike] = None) -> Path:

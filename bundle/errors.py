@@ -14,13 +14,17 @@ named with its reason in ``report.json``.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import logging
 import sys
 from types import TracebackType
-from typing import Dict, Optional, Type
+from typing import Dict, NoReturn, Optional, Type
 
-__all__ = ["InputError", "EXIT_OK", "EXIT_ERROR", "EXIT_SKIPPED", "find_input_error", "install_error_hook", "require_packages"]
+__all__ = [
+    "InputError", "EXIT_OK", "EXIT_ERROR", "EXIT_SKIPPED", "CommandLineParser", "find_input_error", "install_error_hook",
+    "require_packages",
+]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -31,6 +35,15 @@ logger = logging.getLogger(__name__)
 class InputError(ValueError):
     """A path, file or option the bundle cannot use, or a package a task needs; the message names it and the
     problem."""
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors (a missing argument, ``--mpp abc``) print one line
+    ``error: <message>`` and exit with :data:`EXIT_ERROR`, not argparse's status 2, which here means "some inputs
+    skipped"."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"error: {message} (see {self.prog} --help)\n")
 
 
 def find_input_error(error: Optional[BaseException]) -> Optional[InputError]:

@@ -85,7 +85,6 @@ def load_segmenter(model: Path) -> NucleusSegmenter:
     parser["segmenter#checkpoint"] = None
     parser["segmenter#runtime"] = "torch"
     parser["segmenter#progress"] = False
-    parser["segmenter#organ"] = os.environ.get("GRUNET_ORGAN") or None
     prior = embedded_text_prior(model)
     with tempfile.TemporaryDirectory(prefix="grunet_") as tmp:  # read once, when the segmenter is built
         if prior is None:
@@ -94,7 +93,9 @@ def load_segmenter(model: Path) -> NucleusSegmenter:
         else:
             parser["segmenter#text_prior_file"] = str(Path(tmp) / "text_prior.pt")
             Path(parser["segmenter#text_prior_file"]).write_bytes(prior)
-        return parser.get_parsed_content("segmenter")
+        segmenter = parser.get_parsed_content("segmenter")
+    segmenter.organ = os.environ.get("GRUNET_ORGAN") or None  # set on the object: the config would evaluate "$..."
+    return segmenter
 
 
 class NucleiSegApp(Application):

@@ -19,7 +19,6 @@ Truth instances come from the masks (MoNuSeg: instance ids; binary masks are spl
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
@@ -34,6 +33,7 @@ from skimage.segmentation import watershed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.config_io import load_config  # noqa: E402
+from bundle.errors import CommandLineParser  # noqa: E402
 from bundle.data.datalists import make_split  # noqa: E402
 from bundle.io.images import read_mask, read_rgb  # noqa: E402
 from bundle.evaluation.metrics import aggregated_jaccard_index, instance_scores, summarize_groups  # noqa: E402
@@ -56,7 +56,7 @@ def truth_marker_split(prob: np.ndarray, truth: np.ndarray, threshold: float = 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset_dir", default=None, help="a data set (or --configs)")
     parser.add_argument("--configs", action="append", default=[], help="training overlay whose datalists give the split, repeatable")
     parser.add_argument("--data_root", default=None, help="the --configs overlays' data_root (folder holding monuseg/ and tnbc/)")

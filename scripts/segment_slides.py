@@ -16,7 +16,6 @@ rerun skips complete ones, and ``cohort.csv`` / ``cohort.json`` summarise the ru
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -26,15 +25,16 @@ from typing import List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.cohort import CohortRunner  # noqa: E402
-from bundle.config_io import load_config  # noqa: E402
-from bundle.errors import EXIT_ERROR, find_input_error  # noqa: E402
+from bundle.config_io import load_config, parse_device  # noqa: E402
+from bundle.errors import EXIT_ERROR, CommandLineParser, find_input_error  # noqa: E402
 from bundle.io.slides import check_mpp  # noqa: E402
 
 logger = logging.getLogger("segment_slides")
+MAX_SW_OVERLAP = 0.9
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("input", help="a slide or image, or a folder of them (with --cohort also a CSV manifest)")
     parser.add_argument("-o", "--output_dir", default="outputs/wsi")
     parser.add_argument("--mpp", type=float, default=None, help="microns per pixel of level 0; overrides the file's value")
@@ -45,7 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--organ_csv", default=None, help="CSV with id (or image) and organ columns: each input's organ")
     parser.add_argument("--tta", action="store_true", help="average the four flips of every tile (4x the time)")
     parser.add_argument("--sw_overlap", type=float, default=None,
-                        help="overlap of the network's 272-pixel windows in [0, 1) (default 0.1)")
+                        help=f"overlap of the network's 272-pixel windows in [0, {MAX_SW_OVERLAP}] (default 0.1)")
     parser.add_argument("--all_windows", action="store_true",
                         help="compute every window of a tile, also those more than half a window from tissue (slower)")
     parser.add_argument("--cohort", action="store_true", help="cohort job: shared among torchrun's ranks, resumable, cohort.csv")
@@ -56,19 +56,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("error: launched with several ranks (WORLD_SIZE > 1): pass --cohort so that they share the slides", file=sys.stderr)
         return EXIT_ERROR
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    overrides = {"progress": not args.no_progress, "tta": args.tta, "organ": args.organ, "skip_background_windows": not args.all_windows}
+    overrides = {"progress": not args.no_progress, "tta": args.tta, "skip_background_windows": not args.all_windows}
     if args.sw_overlap is not None:
-        if not 0.0 <= args.sw_overlap < 1.0:
-            print(f"error: --sw_overlap must be in [0, 1), got {args.sw_overlap}", file=sys.stderr)
+        if not 0.0 <= args.sw_overlap <= MAX_SW_OVERLAP:  # at 0.9 each pixel is computed 100 times
+            print(f"error: --sw_overlap must be in [0, {MAX_SW_OVERLAP}], got {args.sw_overlap}", file=sys.stderr)
             return EXIT_ERROR
         overrides["sw_overlap"] = args.sw_overlap
     if args.model:
         overrides["checkpoint"] = str(Path(args.model).resolve())
-    if args.device:
-        overrides["device"] = f"$torch.device('{args.device}')"
     try:
+        if args.device:
+            overrides["device"] = parse_device(args.device)  # a torch.device, never text the config would evaluate
         mpp = check_mpp(args.mpp)
         segmenter = load_config("inference", overrides=overrides, variant=args.variant).get_parsed_content("segmenter")
+        segmenter.organ = args.organ  # set on the object: the config would evaluate "$..." and resolve "@..."
         if args.cohort:
             return report_cohort(CohortRunner(segmenter, args.backend).run(args.input, args.output_dir, mpp, args.organ_csv))
         report = segmenter.run(args.input, args.output_dir, mpp, args.organ_csv)

@@ -10,7 +10,7 @@ import tifffile
 from PIL import Image
 
 from bundle.data.datalists import group_id, make_split, paired_datalist, scan_images, split_datalist
-from bundle.io.images import ImageReadError, inspect_image, read_mask, read_rgb
+from bundle.io.images import ImageReadError, inspect_image, read_mask, read_rgb, read_rgb_checked
 from tests.helpers import MONUSEG, SHARED_DATA, TNBC, make_bad_image_folder
 
 GROUP_CASES = [
@@ -145,6 +145,38 @@ def test_tiffs_pil_cannot_open_are_described(tmp_path, write, message):
     with pytest.raises(ImageReadError) as err:
         read_rgb(path)
     assert str(err.value).startswith(f"{path}: {message}") and "\n" not in str(err.value)
+
+
+def _exif_turned_jpeg(path, data, orientation=6):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(data).save(path, exif=exif)
+
+
+@pytest.mark.parametrize("samples, mode", [(3, "RGB"), (4, "RGBA")])
+def test_sixteen_bit_colour_is_refused(tmp_path, samples, mode):
+    """PIL opens 16-bit colour as 8-bit by keeping the high byte: 12-bit data would turn near-black."""
+    path = tmp_path / "deep.tif"
+    tifffile.imwrite(path, np.full((32, 32, samples), 4095, np.uint16), photometric="rgb", extrasamples=["unassalpha"] if samples == 4 else None)
+    with pytest.raises(ImageReadError, match=f"deep.tif: 16-bit {mode} image is not supported"):
+        read_rgb(path)
+
+
+def _thumbnail_first(path):
+    tifffile.imwrite(path, RGB8[:8, :8], photometric="rgb")
+    tifffile.imwrite(path, RGB8, photometric="rgb", append=True)
+
+
+@pytest.mark.parametrize("name, write, shape, note", [
+    ("stack.tif", lambda p: tifffile.imwrite(p, np.stack([RGB8, RGB8]), photometric="rgb"), (32, 32, 3), "page 1 of 2 read"),
+    ("thumbnail_first.tif", _thumbnail_first, (32, 32, 3), "page 2 of 2 read (the largest, 32 x 32)"),
+    ("turned.jpg", lambda p: _exif_turned_jpeg(p, RGB8[:, :20]), (20, 32, 3), "turned upright by its EXIF orientation (6)"),
+])
+def test_pages_and_orientation_are_read_as_viewers_show_them(tmp_path, name, write, shape, note):
+    path = tmp_path / name
+    write(path)
+    rgb, info = read_rgb_checked(path)
+    assert rgb.shape == shape and (info.height, info.width) == shape[:2] and info.conversion.startswith(note)
 
 
 def _items(n, groups=None):

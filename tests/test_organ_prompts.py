@@ -164,7 +164,9 @@ def test_organ_table_and_assignment(tmp_path):
     assert assign_organs([{"id": "a"}])[0]["organ"] == GENERIC
 
 
-@pytest.mark.parametrize("content, match", [("id,tissue\na,x\n", "needs an 'organ' column"), (None, "cannot read")])
+@pytest.mark.parametrize("content, match", [
+    ("id,tissue\na,x\n", "needs an 'organ' column"), ("id,organ\n", "has no rows"), ("", "needs an 'organ' column"), (None, "cannot read"),
+])
 def test_organ_table_errors_name_the_file(tmp_path, content, match):
     path = tmp_path / "organs.csv"
     if content is not None:

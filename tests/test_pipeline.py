@@ -71,18 +71,22 @@ def test_tile_grid_rejects_bad_sizes(kwargs):
     (["a.png", "b.tif"], ["a", "b"]),
     (["x.png", "x.tif"], ["x_png", "x_tif"]),
     (["x.png", "x.tif", "x_png.jpg"], ["x_png", "x_tif", "x_png_"]),
+    (["_cohort.png", "cohort.json.tif", "report.png"], ["_cohort_png", "cohort.json_tif", "report"]),  # the run's own files
 ])
 def test_output_names_never_collide(names, expected):
     assert list(output_names([Path("/in") / n for n in names]).values()) == expected
 
 
-@pytest.mark.parametrize("mpp, message", [(0, "positive"), (-1, "positive"), (float("nan"), "positive"), ("abc", "number"), (1000, "implausible")])
+@pytest.mark.parametrize("mpp, message", [
+    (0, "positive"), (-1, "positive"), (float("nan"), "positive"), ("abc", "number"), (1000, "implausible"), (84.7, "implausible"),
+    (0.001, "implausible"),
+])
 def test_check_mpp_refuses_bad_resolutions(mpp, message):
     with pytest.raises(InputError, match=message):
         check_mpp(mpp)
 
 
-@pytest.mark.parametrize("mpp", [None, 0.25, "0.5"])
+@pytest.mark.parametrize("mpp", [None, 0.25, "0.5", 2.0])
 def test_check_mpp_accepts(mpp):
     assert check_mpp(mpp) == (None if mpp is None else float(mpp))
 
@@ -98,14 +102,19 @@ def test_input_checks_name_the_path(tmp_path):
         check_output_dir(tmp_path / "a_file" / "out")
 
 
-def test_broken_links_are_reported_and_folders_passed_over(tmp_path):
+def test_broken_links_and_folders_named_like_images_are_reported(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "link.png").symlink_to(tmp_path / "a.png")
     (tmp_path / "broken.png").symlink_to(tmp_path / "gone.png")
     (tmp_path / "folder.png").mkdir()
+    (tmp_path / "a").mkdir()  # an earlier run's output folder, when the output folder is the input folder
+    (tmp_path / "report.json").write_text("{}")  # and its report
     inputs, ignored = list_inputs(tmp_path)
     assert [p.name for p in inputs] == ["a.png", "link.png"]
-    assert ignored == [{"input": str(tmp_path / "broken.png"), "reason": f"broken link (its target {tmp_path / 'gone.png'} does not exist)"}]
+    assert ignored == [
+        {"input": str(tmp_path / "broken.png"), "reason": f"broken link (its target {tmp_path / 'gone.png'} does not exist)"},
+        {"input": str(tmp_path / "folder.png"), "reason": "a folder, not an image or slide"},
+    ]
     for name in ("a.png", "link.png"):
         (tmp_path / name).unlink()
     with pytest.raises(InputError, match=r"no images or slides .* in this folder; 1 broken link\(s\): broken.png$"):
@@ -132,7 +141,7 @@ def test_header_bomb_is_refused_before_decoding(tmp_path):
 @pytest.mark.parametrize("case, conversion", [
     ("gray", "grayscale image replicated to RGB"),
     ("two_channel", "grayscale+alpha image converted to RGB (alpha dropped)"),
-    ("multipage_gray", "grayscale image replicated to RGB"),
+    ("multipage_gray", "grayscale image replicated to RGB; page 1 of 2 read (the largest, 256 x 256); the others are not segmented"),
 ])
 def test_grayscale_inputs_are_converted_and_have_tissue(tmp_path, case, conversion):
     path = make_pipeline_cases(tmp_path)[case]
@@ -393,11 +402,28 @@ def test_fatal_input_errors_are_one_line(tmp_path, door, case, message):
         assert json.loads((out / "report.json").read_text())["written"] == [], "report.json is written"
 
 
-@pytest.mark.parametrize("overlap", ["1.5", "-0.1"])
-def test_segment_slides_rejects_a_window_overlap_outside_0_1(tmp_path, overlap):
-    proc = run(segment_slides(first_sample(), "-o", tmp_path, "--sw_overlap", overlap))
-    assert proc.returncode == EXIT_ERROR and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == f"error: --sw_overlap must be in [0, 1), got {float(overlap)}"
+@pytest.mark.parametrize("args, message", [
+    (["--sw_overlap", "1.5"], "error: --sw_overlap must be in [0, 0.9], got 1.5"),
+    (["--sw_overlap", "-0.1"], "error: --sw_overlap must be in [0, 0.9], got -0.1"),
+    (["--sw_overlap", "0.99"], "error: --sw_overlap must be in [0, 0.9], got 0.99"),  # 10,000 windows a window's area
+    (["--device", "bogus"], "error: unknown device 'bogus'; expected cpu, cuda or cuda:<index>"),
+    (["--device", "cpu' if print('evaluated') else 'cpu"], "error: unknown device"),
+    (["--mpp", "abc"], "error: argument --mpp: invalid float value: 'abc' (see segment_slides.py --help)"),  # not argparse's 2
+])
+def test_segment_slides_refuses_bad_options_in_one_line(tmp_path, args, message):
+    proc = run(segment_slides(first_sample(), "-o", tmp_path, *args))
+    assert proc.returncode == EXIT_ERROR and "Traceback" not in proc.stderr and "evaluated" not in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith(message)
+
+
+def test_organ_option_is_a_name_never_evaluated(tmp_path):
+    """The organ goes to the segmenter as text: the config parser would evaluate ``$...`` and resolve ``@...``."""
+    marker = tmp_path / "evaluated"
+    proc = run(segment_slides(first_sample(), "-o", tmp_path / "out", "--organ", f"$open('{marker}', 'w') and 'breast'"))
+    assert proc.returncode == EXIT_OK, proc.stderr[-2000:]
+    assert not marker.exists()
+    summary = json.loads((tmp_path / "out" / "report.json").read_text())["written"][0]
+    assert summary["organ"] == f"$open('{marker}', 'w') and 'breast'"
 
 
 def test_main_job_exits_zero_when_all_written(tmp_path):

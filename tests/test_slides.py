@@ -190,6 +190,58 @@ def test_slide_without_mpp_is_refused_unless_given(tmp_path):
     assert isinstance(open_source(first_sample()), ImageSource)
 
 
+def _tiled(path: Path, data: np.ndarray, **kwargs) -> Path:
+    tifffile.imwrite(path, data, tile=(128, 128), resolution=(4e4, 4e4), resolutionunit="CENTIMETER", **kwargs)
+    return path
+
+
+@parameterized.expand([
+    ("uint16", lambda p: _tiled(p, (mosaic()[:256, :256].astype(np.uint16) * 16), photometric="rgb"),
+     r"TIFF of uint16 RGB \(3 samples per pixel\) is not supported; convert it to 8-bit RGB first"),
+    ("print_resolution", lambda p: write_slide(p, mosaic(), mpp=25400 / 300),
+     r"the file's resolution \(84.7 um/px = 300 dpi\) is not a microscope's .* pass the slide's resolution with --mpp"),
+])
+def test_tiled_tiffs_that_would_give_garbage_are_refused(kind, write, message):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write(Path(tmp) / f"{kind}.tif")
+        with pytest.raises(SlideReadError, match=message):
+            open_source(path)
+
+
+@parameterized.expand([
+    ("grayscale", lambda p: _tiled(p, mosaic()[:256, :256, 0], photometric="minisblack"), "grayscale TIFF replicated to RGB"),
+    ("rgba", lambda p: _tiled(p, np.dstack([mosaic()[:256, :256], np.full((256, 256), 255, np.uint8)]), photometric="rgb",
+                             extrasamples=["unassalpha"]), "RGBA TIFF converted to RGB (transparent pixels are read as black"),
+])
+def test_tiled_tiff_conversions_are_recorded(kind, write, conversion):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        slide = open_source(write(Path(tmp) / f"{kind}.tif"))
+        assert isinstance(slide, SlideSource) and slide.conversion.startswith(conversion)
+        assert slide.read_region(0, 0, 64, 64, (64, 64)).shape == (64, 64, 3)
+
+
+@parameterized.expand([
+    ("20x_in_cm", {"resolution": (2e4, 2e4), "resolutionunit": "CENTIMETER"}, 0.5, "file"),
+    ("40x_in_inch", {"resolution": (101600, 101600), "resolutionunit": "INCH"}, 0.25, "file"),
+    ("72_dpi", {"resolution": (72, 72), "resolutionunit": "INCH"}, 0.25, "assumed"),
+    ("none", {}, 0.25, "assumed"),
+])
+def test_plain_tiff_resolution_tags_are_read_like_a_slides(kind, tags, mpp, source):
+    """A striped (not tiled) TIFF gets its microns per pixel from the same tags as a tiled one; a print resolution
+    (72 dpi) is no microscope's: the model's resolution is assumed, with a warning that names the tag."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{kind}.tif"
+        tifffile.imwrite(path, SAMPLE_RGB, photometric="rgb", **tags)
+        image = open_source(path)
+        assert isinstance(image, ImageSource) and image.mpp == pytest.approx(mpp) and image.mpp_source == source
+
+
 # -- segmenting --------------------------------------------------------------------------------------------------
 def read_outputs(folder: Path, stem: str):
     summary = json.loads((folder / stem / f"{stem}_summary.json").read_text())

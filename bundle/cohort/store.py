@@ -28,7 +28,7 @@ from bundle.cohort.manifest import CohortSlide
 __all__ = ["SlideStore", "COMPLETE_FILE", "WORK_DIR", "write_json_atomic"]
 PathLike = Union[str, os.PathLike]
 COMPLETE_FILE = "complete.json"
-WORK_DIR = "_cohort"
+WORK_DIR = "_cohort"  # one of bundle.pipeline.check.RUN_FILES: no slide's folder gets this name
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -233,18 +233,21 @@ def read_organ_table(path: PathLike) -> Dict[str, str]:
     path, whose stem is the id), e.g. MoNuSeg's ``manifest.csv``.
 
     Raises:
-        InputError: the file is missing or unreadable, or lacks those columns.
+        InputError: the file is missing or unreadable, lacks those columns or has no rows.
     """
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = set(reader.fieldnames or ())
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise InputError(f"{path}: cannot read the organ table ({err})") from err
-    columns = set(rows[0]) if rows else set()
     key = "id" if "id" in columns else "image" if "image" in columns else None
     if key is None or "organ" not in columns:
         raise InputError(f"{path}: an organ table needs an 'organ' column and an 'id' or 'image' column")
+    if not rows:
+        raise InputError(f"{path}: the organ table has no rows")
     return {Path(row[key]).stem if key == "image" else row[key]: (row["organ"] or "").strip() for row in rows if row[key]}
 
 

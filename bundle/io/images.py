@@ -4,7 +4,8 @@ The bundle's configs load images with MONAI's stock ``PILReader`` (``converter``
 order), so what PIL can convert faithfully is what the bundle accepts. :func:`inspect_image` decides that up
 front, per file, when a data list is made: 8-bit RGB is used as is; grayscale, grayscale+alpha, RGBA, palette and
 1-bit images are converted to RGB with a warning; 16-bit and floating-point images are refused (PIL's RGB
-conversion would clip them) with a message saying what to do. Unreadable files raise :class:`ImageReadError`
+conversion would clip them) with a message saying what to do. An image with an EXIF orientation is turned upright,
+as viewers show it; of a multi-page TIFF the largest page is read; both with a warning. Unreadable files raise :class:`ImageReadError`
 naming the file and the problem.
 """
 
@@ -18,13 +19,13 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bundle.errors import InputError
 
 __all__ = [
-    "IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS", "ImageReadError", "ImageInfo", "is_image_file", "inspect_image", "read_rgb",
-    "read_rgb_checked", "read_mask",
+    "IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS", "ImageReadError", "ImageInfo", "TiffLayout", "is_image_file", "tiff_layout",
+    "inspect_image", "read_rgb", "read_rgb_checked", "read_mask",
 ]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -41,6 +42,8 @@ _CONVERTED_MODES = {
     "YCbCr": "YCbCr image converted to RGB",
 }
 _REFUSED_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_EXIF_ORIENTATION = 0x0112  # 1: upright; 2-8: flipped and / or turned, which viewers undo
+_TURNED_ORIENTATIONS = (5, 6, 7, 8)  # orientations whose upright image is transposed (height and width swap)
 
 
 class ImageReadError(InputError):
@@ -62,28 +65,59 @@ def is_image_file(path: PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _tiff_problem(path: Path) -> Optional[str]:
-    """Why PIL cannot open a TIFF and what to do, from its first page's tags (read by tifffile); None for other files
-    and for TIFFs that tifffile cannot parse either.
+@dataclass(frozen=True)
+class TiffLayout:
+    """How the first page of a TIFF stores its pixels, read from its tags by tifffile."""
 
-    Example: ``"TIFF of float32 RGB (3 samples per pixel) is not supported; convert it to 8-bit RGB first"``; an
-    8-bit TIFF in a compression PIL lacks (JPEG 2000, JPEG XL, ...) is told to be saved with one it has.
-    """
+    dtype: np.dtype
+    photometric: str  # RGB, MINISBLACK, YCBCR, ... (an unknown value as its number)
+    samples: int  # samples per pixel
+    compression: str
+    pages: int  # pages in the file (a pyramid's levels or a stack)
+
+    def describe(self) -> str:
+        """``"uint16 RGB (3 samples per pixel)"``."""
+        return f"{self.dtype} {self.photometric} ({self.samples} sample{'s' if self.samples != 1 else ''} per pixel)"
+
+
+def tiff_layout(path: PathLike) -> Optional[TiffLayout]:
+    """The :class:`TiffLayout` of a ``.tif`` / ``.tiff`` file; None for other files and for TIFFs tifffile cannot parse."""
+    path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         return None
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
-            samples = page.samplesperpixel
-            photometric = getattr(page.photometric, "name", str(page.photometric))  # an unknown value stays an int
-            compression = getattr(page.compression, "name", str(page.compression))
-            layout = f"{page.dtype} {photometric} ({samples} sample{'s' if samples != 1 else ''} per pixel)"
-            if page.dtype == np.uint8 and samples in (1, 3, 4):
-                return (f"TIFF of {layout} in {compression} compression cannot be decoded; "
-                        "save it with LZW, deflate or JPEG compression")
-            return f"TIFF of {layout} is not supported; convert it to 8-bit RGB first"
-    except Exception:  # noqa: BLE001 - only a better message; the caller falls back to PIL's
+            return TiffLayout(
+                dtype=np.dtype(page.dtype),
+                photometric=getattr(page.photometric, "name", str(page.photometric)),  # an unknown value stays an int
+                samples=int(page.samplesperpixel),
+                compression=getattr(page.compression, "name", str(page.compression)),
+                pages=len(tif.pages),
+            )
+    except Exception:  # noqa: BLE001 - only a better message; the callers fall back to PIL's or OpenSlide's
         return None
+
+
+def _tiff_problem(path: Path) -> Optional[str]:
+    """Why PIL cannot open a TIFF and what to do, from its first page's tags; None for other files and for TIFFs
+    that tifffile cannot parse either.
+
+    Example: ``"TIFF of float32 RGB (3 samples per pixel) is not supported; convert it to 8-bit RGB first"``; an
+    8-bit TIFF in a compression PIL lacks (JPEG 2000, JPEG XL, ...) is told to be saved with one it has.
+    """
+    layout = tiff_layout(path)
+    if layout is None:
+        return None
+    if layout.dtype == np.uint8 and layout.samples in (1, 3, 4):
+        return f"TIFF of {layout.describe()} in {layout.compression} compression cannot be decoded; save it with LZW, deflate or JPEG compression"
+    return f"TIFF of {layout.describe()} is not supported; convert it to 8-bit RGB first"
+
+
+def _deep_colour(im: Image.Image) -> bool:
+    """True for an RGB(A) image stored with 16 bits a sample, which PIL opens as 8-bit RGB(A) by keeping the high
+    byte: 12-bit data in 16-bit samples would turn near-black. Read from the decoder's raw mode, before decoding."""
+    return im.mode in ("RGB", "RGBA") and any(";16" in str(tile[3]) for tile in im.tile)
 
 
 def _open_fully(path: Path, max_pixels: Optional[int] = None) -> Image.Image:
@@ -99,6 +133,15 @@ def _open_fully(path: Path, max_pixels: Optional[int] = None) -> Image.Image:
         if problem is not None:
             raise ImageReadError(f"{path}: {problem}") from err
         raise ImageReadError(f"{path}: not a readable image ({err})") from err
+    if getattr(im, "n_frames", 1) > 1:  # a multi-page TIFF: the largest page (not a thumbnail before it)
+        sizes = []
+        for page in range(im.n_frames):
+            im.seek(page)
+            sizes.append(im.width * im.height)
+        im.seek(int(np.argmax(sizes)))
+    if _deep_colour(im):
+        im.close()
+        raise ImageReadError(f"{path}: 16-bit {im.mode} image is not supported (8 of its 16 bits would be kept); convert it to 8-bit RGB first")
     if max_pixels is not None and im.width * im.height > max_pixels:
         im.close()
         raise ImageReadError(
@@ -132,16 +175,30 @@ def inspect_image(path: PathLike, warn: bool = True, max_pixels: Optional[int] =
         return _check_mode(path, im, warn)
 
 
+def _orientation(im: Image.Image) -> int:
+    """The image's EXIF orientation (1 when it has none or an invalid one)."""
+    value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    return value if value in range(1, 9) else 1
+
+
 def _check_mode(path: Path, im: Image.Image, warn: bool) -> ImageInfo:
-    """The rules of :func:`inspect_image` applied to an opened image."""
+    """The rules of :func:`inspect_image` applied to an opened image; the size is the upright image's."""
     mode, width, height = im.mode, im.width, im.height
     if mode in _REFUSED_MODES:
         raise ImageReadError(
             f"{path}: {mode} image (16-bit or floating point) is not supported; convert it to 8-bit RGB first"
         )
-    conversion = _CONVERTED_MODES.get(mode)
-    if mode != "RGB" and conversion is None:
+    notes = [_CONVERTED_MODES[mode]] if mode in _CONVERTED_MODES else []
+    if mode != "RGB" and not notes:
         raise ImageReadError(f"{path}: unsupported image mode {mode!r}; expected 8-bit RGB")
+    orientation = _orientation(im)
+    if orientation != 1:
+        notes.append(f"turned upright by its EXIF orientation ({orientation}), as viewers show it")
+        if orientation in _TURNED_ORIENTATIONS:
+            width, height = height, width
+    if getattr(im, "n_frames", 1) > 1:
+        notes.append(f"page {im.tell() + 1} of {im.n_frames} read (the largest, {im.width} x {im.height}); the others are not segmented")
+    conversion = "; ".join(notes) or None
     if conversion and warn:
         warnings.warn(f"{path}: {conversion}", stacklevel=2)
     return ImageInfo(height, width, mode, conversion)
@@ -157,7 +214,8 @@ def read_rgb_checked(path: PathLike, max_pixels: Optional[int] = DEFAULT_MAX_PIX
     path = Path(path)
     with _open_fully(path, max_pixels) as im:
         info = _check_mode(path, im, warn=False)
-        return np.asarray(im.convert("RGB")), info
+        upright = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
+        return np.asarray(upright.convert("RGB")), info
 
 
 def read_mask(path: PathLike) -> np.ndarray:

@@ -15,22 +15,26 @@ from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import numpy as np
+import tifffile
 from PIL import Image
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from bundle.errors import InputError
-from bundle.io.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_rgb_checked
+from bundle.io.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_rgb_checked, tiff_layout
 
 __all__ = [
-    "SlideReadError", "SlideSource", "ImageSource", "open_source", "check_mpp", "tissue_mask", "read_region_padded",
-    "SLIDE_SUFFIXES", "IMAGE_SUFFIXES", "INPUT_SUFFIXES",
+    "SlideReadError", "SlideSource", "ImageSource", "open_source", "check_mpp", "tiff_tag_mpp", "tissue_mask",
+    "read_region_padded", "MPP_RANGE", "SLIDE_SUFFIXES", "IMAGE_SUFFIXES", "INPUT_SUFFIXES",
 ]
 logger = logging.getLogger(__name__)
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".svslide", ".bif", ".vms", ".vmu", ".tif", ".tiff")
 INPUT_SUFFIXES = tuple(sorted(set(SLIDE_SUFFIXES) | set(IMAGE_SUFFIXES)))  # every input the pipeline accepts
 THUMBNAIL_CHUNK = 4096  # level pixels read at once while building a thumbnail
+# microns per pixel a microscope scan of nuclei can have (0.25 is 40x, 0.5 20x, 2 a 5x scan, where a nucleus is a
+# few pixels); values outside are typing errors or a print resolution in a file's tags (300 dpi is 84.7 um/px)
+MPP_RANGE = (0.02, 2.0)
 
 
 class SlideReadError(InputError):
@@ -41,7 +45,7 @@ def check_mpp(mpp: Optional[float], path: Union[str, os.PathLike, None] = None) 
     """``mpp`` as a float when it is a plausible resolution in microns per pixel, or None.
 
     Raises:
-        InputError: zero, negative, not finite or implausible (outside 0.01..100 um/px).
+        InputError: zero, negative, not finite or implausible (outside :data:`MPP_RANGE`).
     """
     if mpp is None:
         return None
@@ -52,9 +56,40 @@ def check_mpp(mpp: Optional[float], path: Union[str, os.PathLike, None] = None) 
         raise InputError(f"{where}--mpp must be a number of microns per pixel, got {mpp!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise InputError(f"{where}--mpp must be a positive number of microns per pixel (0.25 for 40x, 0.5 for 20x), got {mpp}")
-    if not 0.01 < value < 100:
-        raise InputError(f"{where}implausible resolution of {value} microns per pixel (expected 0.01..100; 0.25 for 40x)")
+    if not _plausible(value):
+        raise InputError(f"{where}implausible resolution of {value} microns per pixel ({_expected()})")
     return value
+
+
+def _plausible(mpp: float) -> bool:
+    return MPP_RANGE[0] <= mpp <= MPP_RANGE[1]
+
+
+def _expected() -> str:
+    return f"expected {MPP_RANGE[0]:g}..{MPP_RANGE[1]:g}; 0.25 for 40x, 0.5 for 20x"
+
+
+def _print_resolution(mpp: float) -> str:
+    """``"84.7 um/px = 300 dpi"``: a file's resolution as microns and as dots per inch, for messages."""
+    return f"{mpp:.3g} um/px = {25400 / mpp:.0f} dpi"
+
+
+def tiff_tag_mpp(path: Union[str, os.PathLike]) -> Optional[float]:
+    """Microns per pixel from the resolution tags (XResolution, ResolutionUnit inch or centimetre) of a TIFF's first
+    page, as OpenSlide reads them for tiled TIFFs; None without them or for other files."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages.first.tags
+            unit, xres = tags.get("ResolutionUnit"), tags.get("XResolution")
+            if unit is None or xres is None:
+                return None
+            num, den = xres.value
+            microns = {2: 25400.0, 3: 10000.0}.get(int(unit.value))  # per inch, per centimetre
+            return microns * den / num if microns and num > 0 and den > 0 else None
+    except Exception:  # noqa: BLE001 - tags tifffile cannot read are no resolution
+        return None
 
 
 def _resize(rgb: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
@@ -125,6 +160,9 @@ class SlideSource(_Source):
         from monai.data import WSIReader
 
         self.path = Path(path)
+        self.conversion = self._tiff_conversion()
+        if self.conversion:
+            logger.warning("%s: %s", self.path, self.conversion)
         self.reader = WSIReader(backend="openslide")
         try:
             self.wsi = self.reader.read(str(self.path))
@@ -144,8 +182,29 @@ class SlideSource(_Source):
                     "pass its resolution explicitly, e.g. --mpp 0.25 for 40x or --mpp 0.5 for 20x"
                 ) from None
             self.mpp_source = "file"
-        if not (0.01 < self.mpp < 100):
-            raise SlideReadError(f"{self.path}: implausible microns per pixel {self.mpp}; pass --mpp")
+        if not _plausible(self.mpp):
+            raise SlideReadError(
+                f"{self.path}: the file's resolution ({_print_resolution(self.mpp)}) is not a microscope's ({_expected()}); "
+                "pass the slide's resolution with --mpp"
+            )
+
+    def _tiff_conversion(self) -> Optional[str]:
+        """What reading a tiled TIFF as RGB does to its pixels (None: nothing, or not a ``.tif`` / ``.tiff``).
+
+        Raises:
+            SlideReadError: samples that are not 8-bit (OpenSlide would keep the high byte of 16-bit samples, and
+                12-bit data in them would turn near-black).
+        """
+        layout = tiff_layout(self.path)
+        if layout is None or (layout.samples == 3 and layout.dtype == np.uint8):
+            return None
+        if layout.dtype != np.uint8:
+            raise SlideReadError(f"{self.path}: TIFF of {layout.describe()} is not supported; convert it to 8-bit RGB first")
+        if layout.samples == 1:
+            return "grayscale TIFF replicated to RGB"
+        if layout.samples == 4:
+            return "RGBA TIFF converted to RGB (transparent pixels are read as black: not tissue)"
+        return f"TIFF of {layout.describe()} read as RGB"
 
     def _level_for(self, downsample: float) -> Tuple[int, float]:
         """Deepest level whose downsample does not exceed ``downsample`` (level 0 at least)."""
@@ -173,7 +232,8 @@ class ImageSource(_Source):
 
     Args:
         path: the image file.
-        mpp: microns per pixel; when ``None`` the model's resolution ``default_mpp`` is assumed, with a warning.
+        mpp: microns per pixel; when ``None``, a TIFF's resolution tags if they give a plausible one, else the model's
+            resolution ``default_mpp`` with a warning.
         default_mpp: see ``mpp``.
         max_pixels: larger images are refused from their header, before decoding.
     """
@@ -187,11 +247,15 @@ class ImageSource(_Source):
         if self.conversion:
             logger.warning("%s: %s", self.path, self.conversion)
         self.height, self.width = self.rgb.shape[:2]
+        tagged = tiff_tag_mpp(self.path) if mpp is None else None
         if mpp is not None:
             self.mpp, self.mpp_source = float(mpp), "user"
+        elif tagged is not None and _plausible(tagged):
+            self.mpp, self.mpp_source = tagged, "file"
         else:
             self.mpp, self.mpp_source = float(default_mpp), "assumed"
-            logger.warning("%s: no microns per pixel given; assuming %.3g um/px (40x). Pass --mpp if it differs.", self.path, default_mpp)
+            tag = f" (its resolution tag, {_print_resolution(tagged)}, is not a microscope's)" if tagged is not None else ""
+            logger.warning("%s: no microns per pixel given%s; assuming %.3g um/px (40x). Pass --mpp if it differs.", self.path, tag, default_mpp)
 
     def _level_for(self, downsample: float) -> Tuple[int, float]:
         return 0, 1.0

@@ -15,15 +15,19 @@ from typing import Dict, List, Sequence, Tuple, Union
 from bundle.errors import InputError
 from bundle.io.slides import INPUT_SUFFIXES
 
-__all__ = ["list_inputs", "output_names", "check_output_dir"]
+__all__ = ["RUN_FILES", "list_inputs", "output_names", "check_output_dir"]
 PathLike = Union[str, os.PathLike]
+# what a run writes at the top of its output folder besides the inputs' folders (the run's report; a cohort's summary
+# and its working folder, bundle.cohort.store.WORK_DIR): never an input's output name, never an input
+RUN_FILES = ("report.json", "cohort.csv", "cohort.json", "_cohort")
 
 
 def list_inputs(path: PathLike) -> Tuple[List[Path], List[Dict[str, str]]]:
     """The input file at ``path``, or the images and slides directly inside the folder (sorted by name).
 
-    Hidden files and sub-folders are passed over; other files, and links whose target is missing, are returned as
-    ignored ``{"input", "reason"}``.
+    Hidden files, sub-folders and the files a run writes (:data:`RUN_FILES`: an output folder may be the input
+    folder) are passed over; sub-folders named like an image, other files, and links whose target is missing, are
+    returned as ignored ``{"input", "reason"}``.
 
     Raises:
         InputError: ``path`` does not exist, or the folder holds no image or slide.
@@ -35,12 +39,14 @@ def list_inputs(path: PathLike) -> Tuple[List[Path], List[Dict[str, str]]]:
         return [p], []
     inputs, ignored = [], []
     for f in sorted(p.iterdir()):
-        if f.name.startswith("."):
+        if f.name.startswith(".") or f.name in RUN_FILES:
             continue
         if f.is_symlink() and not f.exists():
             ignored.append({"input": str(f), "reason": f"broken link (its target {os.readlink(f)} does not exist)"})
             continue
         if not f.is_file():
+            if f.suffix.lower() in INPUT_SUFFIXES:
+                ignored.append({"input": str(f), "reason": "a folder, not an image or slide"})
             continue
         if f.suffix.lower() in INPUT_SUFFIXES:
             inputs.append(f)
@@ -57,13 +63,14 @@ def list_inputs(path: PathLike) -> Tuple[List[Path], List[Dict[str, str]]]:
 
 def output_names(inputs: Sequence[PathLike]) -> Dict[Path, str]:
     """A distinct output name per input: its stem, or ``<stem>_<suffix>`` where stems repeat (``x.png``, ``x.tif``
-    -> ``x_png``, ``x_tif``), so that no input's files overwrite another's."""
+    -> ``x_png``, ``x_tif``), so that no input's files overwrite another's, nor the run's own (:data:`RUN_FILES`:
+    ``_cohort.png`` -> ``_cohort_png``)."""
     paths = [Path(p) for p in inputs]
     counts = Counter(p.stem for p in paths)
     names: Dict[Path, str] = {}
     for p in paths:
-        name = p.stem if counts[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
-        while name in names.values():  # x.png and X.PNG, or a stem that already ends in _png
+        name = p.stem if counts[p.stem] == 1 and p.stem not in RUN_FILES else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+        while name in names.values() or name in RUN_FILES:  # x.png and X.PNG, or a stem that already ends in _png
             name += "_"
         names[p] = name
     return names

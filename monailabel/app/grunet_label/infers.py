@@ -88,9 +88,10 @@ class _NucleusTask(InferTask):
         Call with the task's lock held."""
         mtime = os.stat(self.model_path).st_mtime
         if self._segmenter is None:
-            overrides = {"progress": False, "checkpoint": self.model_path, "organ": self.organ}
+            overrides = {"progress": False, "checkpoint": self.model_path}
             config = load_config("inference", bundle_root=self.bundle_path, overrides=overrides, variant=self.variant)
             self._segmenter = config.get_parsed_content("segmenter")
+            self._segmenter.organ = self.organ  # set on the object: the config would evaluate "$..." and resolve "@..."
         elif mtime != self._loaded_mtime:
             self._segmenter.load_weights(self.model_path)
             logger.info("%s changed: weights reloaded", self.model_path)
