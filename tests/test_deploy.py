@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,21 @@ APP_TIMEOUT = 300
 needs_deploy_env = pytest.mark.skipif(
     not DEPLOY_PYTHON.exists(), reason=f"{DEPLOY_PYTHON} missing: run scripts/setup_deploy_env.sh to test the Deploy app"
 )
+
+
+def _requirements(path: Path) -> Dict[str, str]:
+    """``{package: line}`` of a requirements file (comments and blank lines left out)."""
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    return {re.split(r"[=<>\[ ]", line)[0].lower(): line for line in lines if line}
+
+
+def test_the_packaged_app_installs_what_the_tested_app_has():
+    """``deploy/requirements.txt`` (what ``monai-deploy package`` installs in the MAP) holds every package of the
+    tested environment (requirements-deploy.txt), with the same pin, but the SDK's own holoscan wheels and the
+    packaging tool; 0.7.3's lacked shapely, which the pipeline imports: the MAP would not have started."""
+    packaged, tested = _requirements(ROOT / "deploy" / "requirements.txt"), _requirements(ROOT / "requirements-deploy.txt")
+    expected = {name: line for name, line in tested.items() if name not in ("holoscan-cu13", "holoscan-cli")}
+    assert packaged == expected
 
 
 def export_model(path: Path) -> Path:

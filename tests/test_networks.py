@@ -206,7 +206,7 @@ def test_slide_tiles_read_their_context_from_the_slide(tmp_path):
     assert isinstance(inferer, ContextWindowInferer) and inferer.margin() == (192, 192)
     from bundle.pipeline.segmenter import TileWindow
 
-    window = TileWindow((256, 256, 512, 512), (192, 192, 576, 576), (384, 384), (64, 64, 320, 320))
+    window = TileWindow((256, 256, 512, 512), (192, 192, 576, 576), (384, 384), (64, 64, 320, 320), (1.0, 1.0))
     tile, extra = segmenter._read_tile(source, window)
     canvas = extra["context"]
     assert tile.shape == (384, 384, 3) and canvas.shape == (*inferer.canvas_shape(384, 384), 3)

@@ -139,6 +139,55 @@ def test_resumed_training_history_has_no_duplicates(tmp_path):
     assert dropped and {r["epoch"] for r in dropped} == {2} and "val_mean_dice" in dropped[-1]
 
 
+def _engine_with_savers(folder: Path, crash_at_epoch: int):
+    """An ignite engine whose epochs save a resumable checkpoint and the 'best' model (every epoch better), with
+    ``torch.save`` killed half-way through the writes of epoch ``crash_at_epoch``."""
+    from ignite.engine import Engine, Events
+
+    from bundle.training.checkpoint_saver import AtomicCheckpointSaver
+
+    network = torch.nn.Linear(2, 1)
+    engine = Engine(lambda e, b: None)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    interval = AtomicCheckpointSaver(str(folder), {"model": network, "optimizer": optimizer}, save_interval=1, n_saved=1, epoch_level=True)
+    best = AtomicCheckpointSaver(str(folder / "models"), {"model": network}, save_key_metric=True, key_metric_name="score",
+                                 key_metric_filename="model.pt")
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def score(e):
+        e.state.metrics = {"score": float(e.state.epoch)}
+
+    interval.attach(engine)
+    best.attach(engine)
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if engine.state.epoch == crash_at_epoch:  # the kill lands during the write
+            if isinstance(f, (str, os.PathLike)):
+                Path(f).write_bytes(b"PK\x03\x04 half a file")
+            else:
+                f.write(b"PK\x03\x04 half a file")
+            raise KeyboardInterrupt
+        return real_save(obj, f, *args, **kwargs)
+
+    return engine, save
+
+
+def test_a_kill_during_a_checkpoint_write_keeps_the_previous_files(tmp_path, monkeypatch):
+    """0.7.3 (MONAI's saver: the old file removed, then the new one written in place) kept no complete checkpoint
+    and a truncated models/model.pt after such a kill."""
+    from bundle.training.checkpoints import find_last_checkpoint
+
+    engine, save = _engine_with_savers(tmp_path, crash_at_epoch=3)
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run([0], max_epochs=5)
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["checkpoint_epoch=2.pt", "models/model.pt"], "no temporary file left, no half-written file"
+    assert find_last_checkpoint(tmp_path) == str(tmp_path / "checkpoint_epoch=2.pt")
+    assert zipfile.is_zipfile(tmp_path / "models" / "model.pt"), "the best model so far is intact"
+
+
 def test_training_stops_at_the_first_non_finite_loss(tmp_path):
     """A learning rate of 1e30 makes the second loss NaN: one error line, no further iterations, no checkpoint."""
     out = tmp_path / "run"

@@ -102,8 +102,9 @@ def measure_nuclei(
     model_mpp: float,
     level0_mpp: float,
     origin: Tuple[float, float] = (0.0, 0.0),
-    keep: Optional[Tuple[int, int, int, int]] = None,
+    keep: Optional[Tuple[float, float, float, float]] = None,
     tolerance: float = 0.5,
+    pixel_size: Optional[Tuple[float, float]] = None,
 ) -> List[Nucleus]:
     """Nuclei of an instance map, with outlines mapped to level-0 pixels.
 
@@ -121,6 +122,8 @@ def measure_nuclei(
         keep: (row0, col0, row1, col1) in ``labels`` pixels: only nuclei whose centroid lies in this window are
             returned (tile ownership, so that nuclei in tile overlaps are reported once); ``None``: all.
         tolerance: polygon simplification in model pixels.
+        pixel_size: level-0 pixels per ``labels`` pixel along x and y, as the map was read (a tile resampled to a
+            whole number of pixels); ``None``: ``model_mpp / level0_mpp`` along both.
 
     Returns:
         The nuclei, in label order.
@@ -153,7 +156,7 @@ def measure_nuclei(
     simplified = shapely.simplify(rings, tolerance, preserve_topology=True)
     index = np.asarray(ids)
     eccentricity = _eccentricity(moments["mu_rr"][index], moments["mu_cc"][index], moments["mu_rc"][index])
-    scale = model_mpp / level0_mpp  # level-0 pixels per model pixel
+    scale = np.asarray(pixel_size if pixel_size is not None else (model_mpp / level0_mpp,) * 2, dtype=np.float64)  # (x, y)
     nuclei: List[Nucleus] = []
     for k, label in enumerate(ids):
         xy = shapely.get_coordinates(shapely.get_exterior_ring(simplified[k]))[:-1]
@@ -163,7 +166,7 @@ def measure_nuclei(
         nuclei.append(
             Nucleus(
                 polygon=(xy * scale + np.asarray(origin, dtype=np.float64)).astype(np.float32),
-                centroid=(origin[0] + (moments["cx"][label] + 0.5) * scale, origin[1] + (moments["cy"][label] + 0.5) * scale),
+                centroid=(origin[0] + (moments["cx"][label] + 0.5) * scale[0], origin[1] + (moments["cy"][label] + 0.5) * scale[1]),
                 area_um2=area_um2,
                 area_px=area_um2 / level0_mpp**2,
                 perimeter_um=float(perimeter[k]) * model_mpp,

@@ -75,13 +75,15 @@ class RegionResult:
 @dataclass(frozen=True)
 class TileWindow:
     """One tile to segment: its core (model pixels of the region), the level-0 window read around it
-    (x0, y0, x1, y1), the size that window is read at (model pixels, (h, w)), and the core in the read tile's
-    pixels (row0, col0, row1, col1) that decides which nuclei the tile keeps."""
+    (x0, y0, x1, y1), the size that window is read at (model pixels, (h, w)), the level-0 pixels per read pixel
+    (x, y; the model's scale up to the rounding of ``out_shape``), and the core in the read tile's pixel indices
+    (row0, col0, row1, col1) that decides which nuclei the tile keeps."""
 
     core: Box
     level0: Tuple[int, int, int, int]
     out_shape: Tuple[int, int]
     keep: Tuple[float, float, float, float]
+    pixel_size: Tuple[float, float]
 
 
 class TissueWindows:
@@ -293,9 +295,12 @@ class NucleusSegmenter:
             lx0, ly0 = x0 + int(math.floor(read[0] / scale)), y0 + int(math.floor(read[1] / scale))
             lx1, ly1 = min(x1, x0 + int(math.ceil(read[2] / scale))), min(y1, y0 + int(math.ceil(read[3] / scale)))
             out_shape = (max(1, round((ly1 - ly0) * scale)), max(1, round((lx1 - lx0) * scale)))
-            ox, oy = (lx0 - x0) * scale, (ly0 - y0) * scale  # model-pixel position of the read window in the region
-            keep = (core[1] - oy, core[0] - ox, core[3] - oy, core[2] - ox)
-            windows.append(TileWindow(core, (lx0, ly0, lx1, ly1), out_shape, keep))
+            px, py = (lx1 - lx0) / out_shape[1], (ly1 - ly0) / out_shape[0]  # level-0 pixels per read pixel
+            # ownership in level-0 pixels, the same boundary for neighbouring tiles whatever their rounding: a
+            # nucleus is kept where its centroid (pixel index + 0.5) falls inside the core
+            cx0, cy0, cx1, cy1 = (x0 + core[0] / scale, y0 + core[1] / scale, x0 + core[2] / scale, y0 + core[3] / scale)
+            keep = ((cy0 - ly0) / py - 0.5, (cx0 - lx0) / px - 0.5, (cy1 - ly0) / py - 0.5, (cx1 - lx0) / px - 0.5)
+            windows.append(TileWindow(core, (lx0, ly0, lx1, ly1), out_shape, keep, (px, py)))
         self.predictor.network = self._runner(self.resolve_organ(organ))
         self._tissue_windows = None
         if tissue is not None and self.skip_background_windows and self.context is None:
@@ -329,7 +334,7 @@ class NucleusSegmenter:
     def _finish_tile(self, source: Any, window: "TileWindow", rgb: np.ndarray, maps: Tuple[Any, Any]) -> List[Nucleus]:
         """Split and measure one predicted tile: the nuclei whose centroid lies in its core."""
         labels = self.splitter(*maps)
-        return measure_nuclei(labels, rgb, self.model_mpp, source.mpp, origin=window.level0[:2], keep=window.keep)
+        return measure_nuclei(labels, rgb, self.model_mpp, source.mpp, origin=window.level0[:2], keep=window.keep, pixel_size=window.pixel_size)
 
     def _run_tiles(self, source: Any, windows: List["TileWindow"]) -> Iterator[Tuple["TileWindow", List[Nucleus]]]:
         """Read -> predict -> split and measure each tile, in order. With ``tile_workers`` > 0, worker threads read
