@@ -21,7 +21,6 @@ from typing import Dict, Optional
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from bundle.errors import InputError
 from bundle.pipeline.report import RunReport
 from bundle.pipeline.segmenter import NucleusSegmenter
 
@@ -79,12 +78,4 @@ class NucleusSegmenterOperator(Operator):
 
     def compute(self, op_input, op_output, context):
         path, name = op_input.receive("input")
-        try:
-            summary = self.segmenter.segment(path, self.output_dir, self.mpp, name)
-        except InputError as e:
-            self.report.add_skipped(path, str(e))
-            return
-        except OSError as e:
-            self.report.add_skipped(path, f"{path}: cannot write its outputs to {self.output_dir / name} ({e.strerror or e})")
-            return
-        self.report.add_written({**summary, "operator": type(self).__name__})
+        self.segmenter.segment_into(self.report, path, self.output_dir, self.mpp, name)

@@ -66,12 +66,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--val_fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None, help="checkpoint (default: the config's models/model.pt)")
-    parser.add_argument("--min_distance", default="6", help="comma list: a grid of watershed settings is scored")
-    parser.add_argument("--sigma", default="3.0", help="comma list")
-    parser.add_argument("--threshold", default="0.5", help="comma list")
-    parser.add_argument("--marker_height", default="0.2", help="comma list (networks with a distance head)")
-    parser.add_argument("--distance_sigma", default="1.0", help="comma list: smoothing of the predicted distance")
-    parser.add_argument("--min_size", default="10", help="comma list: smallest nucleus in pixels")
+    # each grid defaults to the variant's own setting (its configs' splitter), so that no flag scores what ships
+    parser.add_argument("--min_distance", default=None, help="comma list: a grid of watershed settings is scored")
+    parser.add_argument("--sigma", default=None, help="comma list")
+    parser.add_argument("--threshold", default=None, help="comma list")
+    parser.add_argument("--marker_height", default=None, help="comma list (networks with a distance head)")
+    parser.add_argument("--distance_sigma", default=None, help="comma list: smoothing of the predicted distance")
+    parser.add_argument("--min_size", default=None, help="comma list: smallest nucleus in pixels")
     parser.add_argument("--tta", action="store_true", help="average the four flips (configs' tta)")
     parser.add_argument("--mask_only", action="store_true", help="ignore the distance head: markers from the mask")
     parser.add_argument("--truth_markers", action="store_true", help="also print the AJI of the mask split on the truth's nuclei")
@@ -81,6 +82,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     overrides = {"tta": args.tta, **({"checkpoint": str(Path(args.model).resolve())} if args.model else {})}
     segmenter = load_config("inference", overrides=overrides, variant=args.variant).get_parsed_content("segmenter")
+    for setting in ("min_distance", "sigma", "threshold", "marker_height", "distance_sigma", "min_size"):
+        if getattr(args, setting) is None:
+            setattr(args, setting, str(getattr(segmenter.splitter, setting)))
     if args.configs:
         root = {"data_root": str(Path(args.data_root).resolve())} if args.data_root else {}
         datalists = load_config(["train", *[str(Path(c).resolve()) for c in args.configs]], overrides=root).get_parsed_content("datalists")

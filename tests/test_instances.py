@@ -213,3 +213,14 @@ def test_truth_markers_split_a_perfect_mask_almost_exactly():
     truth = instance_labels(_shipped_instances())
     labels = truth_marker_split((truth > 0).astype(np.float32), truth)
     assert aggregated_jaccard_index(truth, labels) > 0.95
+
+
+def test_evaluation_splits_nuclei_as_the_pipeline_does():
+    """configs/evaluate.json (merged over train.json, which has no splitter) repeats inference.json's splitter: the
+    figures it reports are those of what every entry point runs, for each variant's settings."""
+    from bundle.config_io import load_config
+
+    for variant in ("full", "compact"):
+        evaluate = load_config(["train", "evaluate"], variant=variant)
+        inference = load_config("inference", variant=variant)
+        assert evaluate.get_parsed_content("splitter") == inference.get_parsed_content("splitter"), variant

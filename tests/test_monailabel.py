@@ -220,6 +220,34 @@ def test_polygons_on_slide_region(server: Server, tmp_path: Path) -> None:
     assert (xy[:, 0] > 300).any() and (xy[:, 1] > 300).any()  # tiles placed at their level-0 offsets
 
 
+DSA_REGION = """
+import json, sys
+import numpy as np
+from PIL import Image
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/monailabel/app"]
+from grunet_label.infers import NucleusPolygonInfer
+rgb = np.asarray(Image.open(sys.argv[2]).convert("RGB"))
+_, data = NucleusPolygonInfer(sys.argv[1], {})({"image": rgb, "location": [5000, 6000], "size": [256, 256], "output": "json",
+                                                "result_write_to_file": False})
+points = np.concatenate([np.asarray(e["contours"][0]) for e in data["annotation"]["elements"]])
+print(json.dumps({"location": data["annotation"]["location"], "min": points.min(0).tolist(), "max": points.max(0).tolist()}))
+"""
+
+
+def test_dsa_region_sent_as_pixels_gets_polygons_where_it_lies(tmp_path: Path) -> None:
+    """DSA's datastore sends a region's pixels with the slide's ``location``: the task segments the pixels and
+    places the polygons at that location (0.7.3 cut the location out of the pixels: HTTP 422)."""
+    script = tmp_path / "dsa_region.py"
+    script.write_text(DSA_REGION)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run([str(LABEL_VENV / "bin" / "python"), str(script), str(ROOT), str(IMAGES[0])], env=env,
+                          capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    placed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert placed["location"] == [5000, 6000]
+    assert placed["min"][0] >= 5000 and placed["min"][1] >= 6000 and placed["max"][0] <= 5256 and placed["max"][1] <= 6256
+
+
 def test_gdam_uncertainty_strategy(server: Server) -> None:
     res = server.post("/activelearning/gdam_uncertainty", json={"samples": 2})
     assert res.status_code == 200, res.text

@@ -121,6 +121,19 @@ def test_broken_links_and_folders_named_like_images_are_reported(tmp_path):
         list_inputs(tmp_path)
 
 
+def test_report_is_saved_when_due_and_at_the_end(tmp_path):
+    """A long batch does not rewrite report.json after every input; the end of the batch saves it whole."""
+    from bundle.pipeline.report import RunReport
+
+    report = RunReport(tmp_path, save_interval=3600)
+    for k in range(3):
+        report.add_written({"input": f"{k}.png", "nucleus_count": k})
+    assert len(json.loads((tmp_path / "report.json").read_text())["written"]) == 1, "the first change is saved at once"
+    report.save()
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert len(saved["written"]) == 3 and saved["nucleus_count"] == 3 and list(tmp_path.iterdir()) == [tmp_path / "report.json"]
+
+
 @pytest.mark.parametrize("kwargs", [dict(threshold=0.0), dict(threshold=1.0), dict(min_size=-1), dict(marker_height=-0.1)])
 def test_instance_splitter_checks_settings(kwargs):
     with pytest.raises(ValueError):

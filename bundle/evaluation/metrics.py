@@ -251,8 +251,9 @@ class SegmentationReport:
         instances: also compute AJI, PQ (DQ, SQ), detection F1 and the count ratio: predicted nuclei are split by
             ``splitter``, true nuclei are read from the label's file (instance ids; a binary mask is split into
             connected components).
-        splitter: the instance splitting (:class:`bundle.pipeline.split.InstanceSplitter`; the same settings as
-            ``configs/inference.json``'s ``splitter``). Default: its defaults.
+        splitter: the instance splitting (:class:`bundle.pipeline.split.InstanceSplitter`); ``configs/evaluate.json``
+            passes the settings of ``configs/inference.json``'s ``splitter``. Default: the class's own defaults,
+            which are not the shipped ones (min_size 10, not 60).
         distance_key: batch key of the predicted normalised distance (1, H, W) (see
             :class:`bundle.pipeline.split.SplitNucleusChannelsd`); when an item has it, nuclei are split on its markers.
 

@@ -255,6 +255,13 @@ class NucleusSegmenter:
         self.predictor.network = self._runner(self.resolve_organ(organ))
         return self.predictor(rgb)
 
+    @staticmethod
+    def find_tissue(source: Any) -> Tuple[np.ndarray, np.ndarray, float]:
+        """The source's thumbnail (RGB, at most ``OVERLAY_SIDE`` pixels a side), its tissue mask (bool, same size)
+        and its downsample from level 0: where :meth:`segment_region` computes."""
+        thumb, down = source.thumbnail(OVERLAY_SIDE)
+        return thumb, tissue_mask(thumb), down
+
     # -- predict, split, measure a region -------------------------------------------------------------------------
     def segment_region(
         self,
@@ -398,8 +405,7 @@ class NucleusSegmenter:
         """
         t0 = time.perf_counter()
         source = open_source(path, mpp, default_mpp=self.model_mpp, max_pixels=self.max_image_pixels)
-        thumb, thumb_down = source.thumbnail(OVERLAY_SIDE)
-        tissue = tissue_mask(thumb)
+        thumb, tissue, thumb_down = self.find_tissue(source)
         prompts = self.resolve_organ(organ)
         region = self.segment_region(source, tissue=tissue, tissue_down=thumb_down, organ=prompts)
         nuclei = region.nuclei
@@ -486,13 +492,28 @@ class NucleusSegmenter:
             raise
         report.add_ignored(ignored)
         for path, name in output_names(inputs).items():
-            try:
-                report.add_written(self.segment(path, output_dir, mpp, name, organs.get(Path(path).stem) or None))
-            except InputError as e:
-                report.add_skipped(path, str(e))
-            except OSError as e:
-                report.add_skipped(path, f"{path}: cannot write its outputs to {Path(output_dir) / name} ({e.strerror or e})")
-            except MemoryError:
-                report.add_skipped(path, f"{path}: out of memory while segmenting it")
+            self.segment_into(report, path, output_dir, mpp, name, organs.get(Path(path).stem) or None)
+        report.save()
         logger.info("%d written, %d skipped -> %s", len(report.written), len(report.skipped), report.path)
         return report
+
+    def segment_into(
+        self,
+        report: RunReport,
+        path: Union[str, os.PathLike],
+        output_dir: Union[str, os.PathLike],
+        mpp: Optional[float] = None,
+        name: Optional[str] = None,
+        organ: Optional[str] = None,
+    ) -> None:
+        """:meth:`segment` one input of a batch into its report: written, or skipped with the reason (a bad input,
+        outputs that cannot be written, out of memory), so that the batch goes on. The other arguments are
+        :meth:`segment`'s."""
+        try:
+            report.add_written(self.segment(path, output_dir, mpp, name, organ))
+        except InputError as e:
+            report.add_skipped(path, str(e))
+        except OSError as e:
+            report.add_skipped(path, f"{path}: cannot write its outputs to {Path(output_dir) / (name or Path(path).stem)} ({e.strerror or e})")
+        except MemoryError:
+            report.add_skipped(path, f"{path}: out of memory while segmenting it")

@@ -41,6 +41,7 @@ __all__ = ["NucleusMaskInfer", "NucleusPolygonInfer", "xml_safe"]
 logger = logging.getLogger(__name__)
 LABEL = "Nucleus"
 LABEL_COLOUR = (0, 200, 0)
+REGION_ORIGIN = "region_origin"  # request key: level-0 (x, y) of pixels sent as an array (DSA), set by the task
 
 
 def xml_safe(text: str) -> str:
@@ -102,9 +103,10 @@ class _NucleusTask(InferTask):
         start = time.time()
         image = request.get("image")
         with tempfile.TemporaryDirectory(prefix="grunet_") as tmp:
-            if isinstance(image, np.ndarray):  # a region sent as pixels (DSA)
+            if isinstance(image, np.ndarray):  # a region sent as pixels (DSA): its location is where they lie
                 path = os.path.join(tmp, "region.png")
                 Image.fromarray(np.asarray(image, dtype=np.uint8)).save(path)
+                request = {**request, REGION_ORIGIN: [int(v) for v in (request.get("location") or (0, 0))], "location": None, "size": None}
             elif isinstance(image, (str, os.PathLike)):
                 path = str(image)
             else:
@@ -179,13 +181,15 @@ class NucleusPolygonInfer(_NucleusTask):
         segmenter = self.segmenter()
         source = open_source(path, request.get("mpp"), default_mpp=segmenter.model_mpp, max_pixels=segmenter.max_image_pixels)
         box = self._box(source, request)
+        _, tissue, thumb_down = segmenter.find_tissue(source)  # windows of glass are skipped, as everywhere
         t_read = time.time()
-        nuclei = segmenter.segment_region(source, box, organ=request.get("organ")).nuclei
+        nuclei = segmenter.segment_region(source, box, tissue, thumb_down, request.get("organ")).nuclei
         t_infer = time.time()
+        origin = np.asarray(request.get(REGION_ORIGIN) or (0, 0))  # pixels sent as an array: where they lie
         annotation = {
-            "location": [box[0], box[1]],
+            "location": [int(box[0] + origin[0]), int(box[1] + origin[1])],
             "size": [box[2] - box[0], box[3] - box[1]],
-            "elements": [{"label": LABEL, "contours": [np.round(n.polygon).astype(int).tolist()]} for n in nuclei],
+            "elements": [{"label": LABEL, "contours": [np.round(n.polygon + origin).astype(int).tolist()]} for n in nuclei],
             "labels": {LABEL: list(LABEL_COLOUR)},
         }
         latencies = {"pre": round(t_read - start, 2), "infer": round(t_infer - t_read, 2), "post": 0.0, "total": round(time.time() - start, 2)}

@@ -16,6 +16,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.utils.others.generic import name_to_device
 
+from bundle.errors import InputError
 from bundle.io.images import read_rgb
 from bundle.pipeline.predict import TilePredictor
 from grunet_label.infers import NucleusMaskInfer
@@ -88,9 +89,15 @@ class GdAMUncertainty(Strategy):
                 network = self._sampling_network(request)
                 for image in todo:
                     start = time.time()
-                    scores[image] = self._score(network, datastore.get_image_uri(image), samples, request)
+                    try:
+                        scores[image] = self._score(network, datastore.get_image_uri(image), samples, request)
+                    except InputError as e:  # one unreadable image (or a slide) does not fail the request
+                        logger.warning(f"{self.KEY}: {image} not scored: {e}")
+                        continue
                     datastore.update_image_info(image, {self.KEY: scores[image], f"{self.KEY}_ts": model_ts})
                     logger.info(f"{self.KEY}: {image} => {scores[image]:.6f} ({time.time() - start:.1f}s)")
+        if not scores:
+            return None
 
         ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
         best, score = ranked[0]
@@ -118,7 +125,8 @@ class GdAMUncertainty(Strategy):
     def _score(self, network: torch.nn.Module, image_path: str, samples: int, request: Dict[str, Any]) -> float:
         """Mean per-pixel variance of the nucleus probability over ``samples`` passes of the bundle's predictor."""
         device = name_to_device(request.get("device", "cuda"))
-        segmenter = self.infer_task.segmenter()
+        with self.infer_task.lock:
+            segmenter = self.infer_task.segmenter()
         predict = TilePredictor(network, segmenter.predictor.inferer, device, segmenter.predictor.patch_size)
         rgb = read_rgb(image_path, segmenter.max_image_pixels)
         probs = torch.stack([torch.from_numpy(predict(rgb)[0]) for _ in range(samples)])
