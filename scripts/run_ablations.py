@@ -65,6 +65,7 @@ def _launch(variant: str, stage: str, args: argparse.Namespace) -> subprocess.Po
         cmd = ["training", "--config_file", _config_list(variant, args, []), "--output_dir", str(out),
                "--val_interval", str(args.val_interval), "--resume", str(resume)]
     else:
+        (out / stage / "metrics_summary.json").unlink(missing_ok=True)  # a failed evaluation never reports an earlier one
         cmd = ["--config_file", _config_list(variant, args, ["configs/evaluate.json"]), "--output_dir", str(out / stage)]
         cmd += ["--validation_generic_prob", "1.0"] if stage == "eval_generic" else []
     log = open(out / f"{stage}.log", "w")

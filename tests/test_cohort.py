@@ -100,7 +100,7 @@ def test_manifest_reads_paths_mpp_and_organ(tmp_path):
     manifest = tmp_path / "in" / "cohort.csv"
     manifest.write_text(
         "path,mpp,organ\n"
-        f"slide_a.tif,,breast\n{paths['image_a']},0.5,\nimage_b.png,abc,colon\nslide_a.tif,,\n\n"
+        f"slide_a.tif,,breast\n{paths['image_a']},0.5,\nimage_b.png,abc,colon\nslide_a.tif,,\n../in/slide_a.tif,,\n\n"
     )
     slides = read_cohort(manifest)
     assert [s.path for s in slides] == [paths["slide_a"], paths["image_a"], paths["image_b"]], "relative to the CSV, listed once"
@@ -156,6 +156,21 @@ def test_store_verifies_complete_folders(segmenter, tmp_path):
     assert store.completed(slide) is None, "a file changed size"
     os.utime(image, ns=(0, 0))
     assert store.completed(slide) is None, "another input file of the same name"
+
+
+def test_store_redoes_a_slide_made_with_other_settings(segmenter, tmp_path):
+    """A rerun with a corrected resolution (or organ, or weights) redoes the slide instead of keeping it."""
+    image = tmp_path / "image.png"
+    image.write_bytes(first_sample().read_bytes())
+    slide = CohortSlide(image, name="image")
+    store = SlideStore(tmp_path / "out")
+    parent = store.partial_parent(slide, rank=0)
+    segmenter.segment(image, parent, 0.5, "image")
+    record = store.publish(slide, parent, {"rank": 0, "settings": {"mpp": 0.5, "organ": None}})
+    assert store.completed(slide, {"mpp": 0.5, "organ": None}) == record
+    assert store.completed(slide, {"mpp": 0.25, "organ": None}) is None
+    assert store.completed(CohortSlide(tmp_path / ".." / tmp_path.name / "image.png", name="image"), {"mpp": 0.5, "organ": None}) == record, \
+        "the same file, spelt another way"
 
 
 def test_runner_resumes_and_reports_failures(segmenter, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 
 from bundle.data.datalists import group_id, make_split, paired_datalist, scan_images, split_datalist
 from bundle.io.images import ImageReadError, inspect_image, read_mask, read_rgb, read_rgb_checked
-from tests.helpers import MONUSEG, SHARED_DATA, TNBC, make_bad_image_folder
+from tests.helpers import MONUSEG, SHARED_DATA, TNBC, first_sample, make_bad_image_folder
 
 GROUP_CASES = [
     ("TCGA-21-5784-01Z-00-DX1", "TCGA-21-5784"),
@@ -35,6 +36,22 @@ def test_paired_datalist_on_shipped_crops(folder, n_items, mask_dtype):
     assert set(item) == {"image", "label", "id", "group"}
     assert read_rgb(item["image"]).shape == (256, 256, 3)
     assert read_mask(item["label"]).dtype == mask_dtype
+
+
+def test_paired_datalist_skips_images_training_would_read_otherwise(tmp_path):
+    """Training's loader reads the stored pixels of a file's first page: an EXIF-turned image or a multi-page TIFF
+    would be paired with a mask of another orientation or page, so both are skipped with the reason."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    _exif_turned_jpeg(tmp_path / "images" / "turned.jpg", RGB8[:, :20])
+    _thumbnail_first(tmp_path / "images" / "pages.tif")
+    shutil.copy(first_sample(), tmp_path / "images" / "good.png")
+    for name, shape in (("turned", (20, 32)), ("pages", (32, 32)), ("good", (256, 256))):
+        Image.fromarray(np.zeros(shape, np.uint8)).save(tmp_path / "masks" / f"{name}.png")
+    scan = paired_datalist(tmp_path)
+    assert [i["id"] for i in scan.items] == ["good"]
+    assert sorted(Path(s["file"]).name for s in scan.skipped) == ["pages.tif", "turned.jpg"]
+    assert all("save the image upright as a single page" in s["reason"] for s in scan.skipped)
 
 
 def test_paired_datalist_several_folders():

@@ -159,6 +159,8 @@ def test_organ_table_and_assignment(tmp_path):
     table = tmp_path / "organs.csv"
     table.write_text("image,organ\nimages/a.png,Liver\nb.tif,\n")
     assert read_organ_table(table) == {"a": "Liver", "b": ""}
+    table.write_text("\ufeffimage,organ\nimages/a.png,Liver\nb.tif,\n", encoding="utf-8")  # saved by a spreadsheet
+    assert read_organ_table(table) == {"a": "Liver", "b": ""}
     items = assign_organs([{"id": "a"}, {"id": "b"}, {"id": "c"}], organ="breast", organ_csv=table)
     assert [i["organ"] for i in items] == ["liver", "breast", "breast"]
     assert assign_organs([{"id": "a"}])[0]["organ"] == GENERIC

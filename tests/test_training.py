@@ -188,6 +188,28 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_files(tmp_path, mon
     assert zipfile.is_zipfile(tmp_path / "models" / "model.pt"), "the best model so far is intact"
 
 
+def test_a_fresh_run_sets_an_earlier_runs_checkpoints_aside(tmp_path):
+    """Run A ended at epoch 100; run B starts from scratch in the same folder: a later ``--resume`` of B must not
+    continue from A's epoch 100 (0.7.3 did: the highest epoch in the folder)."""
+    from types import SimpleNamespace
+
+    from bundle.training.checkpoints import find_last_checkpoint
+    from bundle.training.tracking import TrainingHistory
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    torch.save({"model": {}}, checkpoints / "checkpoint_epoch=100.pt")
+    history = TrainingHistory(tmp_path, checkpoint_dir=checkpoints)
+    history._start_run(None)
+    history._start_epoch(SimpleNamespace(state=SimpleNamespace(epoch=1)))
+    assert find_last_checkpoint(checkpoints) is None
+    assert (checkpoints / "previous" / "checkpoint_epoch=100.pt").is_file()
+    torch.save({"model": {}}, checkpoints / "checkpoint_epoch=3.pt")  # B's own, then B resumes after epoch 3
+    history._start_run(None)
+    history._start_epoch(SimpleNamespace(state=SimpleNamespace(epoch=4)))
+    assert find_last_checkpoint(checkpoints) == str(checkpoints / "checkpoint_epoch=3.pt")
+
+
 def test_training_stops_at_the_first_non_finite_loss(tmp_path):
     """A learning rate of 1e30 makes the second loss NaN: one error line, no further iterations, no checkpoint."""
     out = tmp_path / "run"

@@ -207,7 +207,8 @@ def test_multi_gpu_config_with_torchrun_two_cpu_processes(tmp_path):
     overrides = {**FAST, "dataset_dir": MONUSEG, "output_dir": tmp_path, "ckpt_dir": tmp_path / "models", "epochs": 1, "val_fraction": 0.5}
     cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
            "-m", "monai.bundle", "run", "training",
-           "--config_file", "['configs/train.json','configs/multi_gpu_train.json']", *META, *cli_overrides(overrides)]
+           "--config_file", "['configs/train.json','configs/multi_gpu_train.json']", *META, *cli_overrides(overrides),
+           "--tracking", "mlflow", "--tracking_uri", f"sqlite:///{tmp_path}/mlruns.db"]  # MLflow's handler is appended last
     env = dict(_env(), OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
@@ -215,6 +216,9 @@ def test_multi_gpu_config_with_torchrun_two_cpu_processes(tmp_path):
     assert log.count("SupervisedTrainer - INFO - Engine run complete") == 2  # both ranks trained
     assert log.count("Saved checkpoint at epoch: 1") == 1  # rank 0 alone saved
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint_epoch=1.pt"]
+    records = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    keys = [(r["event"], r["epoch"], r.get("iteration")) for r in records]
+    assert len(keys) == len(set(keys)) and keys.count(("epoch", 1, None)) == 1, "rank 0 alone writes the history"
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     state = state.get("model", state)
     assert not any(k.startswith("module.") for k in state)  # the DDP wrapper is not in the saved weights

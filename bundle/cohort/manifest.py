@@ -68,10 +68,10 @@ def _read_manifest(path: Path) -> List[CohortSlide]:
         if not value:
             continue
         file = Path(value) if Path(value).is_absolute() else path.parent / value
-        if file in seen:
+        if file.resolve() in seen:  # in/a.png and in/../in/a.png are one slide
             logger.warning("%s line %d: %s is listed again; it is processed once", path, line, file)
             continue
-        seen.add(file)
+        seen.add(file.resolve())
         slide = CohortSlide(file, organ=(row.get("organ") or "").strip() or None)
         mpp = (row.get("mpp") or "").strip()
         if mpp:

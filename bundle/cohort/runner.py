@@ -151,11 +151,19 @@ class CohortRunner:
         write_json_atomic(store.work / f"rank{ranks.rank}.json", progress)
         return records
 
+    def _settings(self, slide: CohortSlide) -> Dict[str, Any]:
+        """What a slide's outputs depend on besides its file: the resolution and organ asked for, and the weights
+        (path and modification time). A rerun with other settings redoes the slide."""
+        weights = self.segmenter.weights
+        stamp = os.stat(weights).st_mtime_ns if weights and os.path.isfile(weights) else None
+        return {"mpp": slide.mpp, "organ": slide.organ or self.segmenter.organ, "weights": weights, "weights_mtime_ns": stamp}
+
     def _run_slide(self, store: SlideStore, slide: CohortSlide, rank: int) -> Dict[str, Any]:
         """One slide: kept when already complete, else segmented and published; failures become a record."""
         base = {"name": slide.name, "slide": str(slide.path), "rank": rank}
         output = {"output": str(store.final_dir(slide))}
-        done = store.completed(slide)
+        settings = self._settings(slide)
+        done = store.completed(slide, settings)
         if done is not None:
             return {**base, **output, **{k: done.get(k) for k in SUMMARY_KEYS}, "rank": done.get("rank", ""), "status": "already_complete"}
         if slide.problem:
@@ -163,7 +171,7 @@ class CohortRunner:
         parent = store.partial_parent(slide, rank)
         try:
             summary = self.segmenter.segment(slide.path, parent, slide.mpp, slide.name, slide.organ)
-            record = store.publish(slide, parent, {"rank": rank, **{k: summary.get(k) for k in SUMMARY_KEYS}})
+            record = store.publish(slide, parent, {"rank": rank, "settings": settings, **{k: summary.get(k) for k in SUMMARY_KEYS}})
         except InputError as e:
             reason = str(e)
         except OSError as e:

@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 from bundle.cohort.manifest import CohortSlide
 
@@ -76,13 +76,17 @@ class SlideStore:
             shutil.rmtree(p, ignore_errors=True)
         return len(left)
 
-    def completed(self, slide: CohortSlide) -> Optional[Dict[str, Any]]:
+    def completed(self, slide: CohortSlide, settings: Optional[Mapping[str, Any]] = None) -> Optional[Dict[str, Any]]:
         """The ``complete.json`` record of the slide's folder when the folder is complete and was made from this
-        input file (same path, size, modification time); None otherwise."""
+        input file (same path, size, modification time) with these ``settings`` (the record's ``"settings"``, as
+        :meth:`publish` stored them; None: not compared); None otherwise."""
         folder = self.final_dir(slide)
         try:
             record = json.loads((folder / COMPLETE_FILE).read_text())
-            if record["input"] != str(slide.path) or any(record[k] != v for k, v in _input_stamp(slide.path).items()):
+            if settings is not None and record.get("settings") != json.loads(json.dumps(settings)):
+                return None  # another resolution, organ or weights: the outputs are redone
+            same_input = Path(record["input"]).resolve() == Path(slide.path).resolve()  # however the path was spelt
+            if not same_input or any(record[k] != v for k, v in _input_stamp(slide.path).items()):
                 return None
             if any((folder / name).stat().st_size != size for name, size in record["files"].items()):
                 return None

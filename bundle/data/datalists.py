@@ -168,6 +168,9 @@ def paired_datalist(
             except ImageReadError as err:
                 scan.skip(image, str(err))
                 continue
+            if info.orientation != 1 or info.pages > 1:  # training's loader reads the stored first page as it is
+                scan.skip(image, f"{image}: {info.conversion}; for training, save the image upright as a single page")
+                continue
             if tuple(mask_shape) != size:
                 scan.skip(image, f"mask {mask.name} is {mask_shape[0]}x{mask_shape[1]}, image is {size[0]}x{size[1]}")
                 continue
@@ -237,7 +240,7 @@ def read_organ_table(path: PathLike) -> Dict[str, str]:
     """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's CSV starts with a byte-order mark
             reader = csv.DictReader(f)
             rows = list(reader)
             columns = set(reader.fieldnames or ())

@@ -52,12 +52,15 @@ class ImageReadError(InputError):
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What :func:`inspect_image` found: size (height, width), PIL mode, and the conversion applied (or None)."""
+    """What :func:`inspect_image` found: size (height, width; upright), PIL mode, the conversion applied (or None),
+    the EXIF orientation (1: stored upright) and the number of pages (TIFF)."""
 
     height: int
     width: int
     mode: str
     conversion: Optional[str]
+    orientation: int = 1
+    pages: int = 1
 
 
 def is_image_file(path: PathLike) -> bool:
@@ -201,7 +204,7 @@ def _check_mode(path: Path, im: Image.Image, warn: bool) -> ImageInfo:
     conversion = "; ".join(notes) or None
     if conversion and warn:
         warnings.warn(f"{path}: {conversion}", stacklevel=2)
-    return ImageInfo(height, width, mode, conversion)
+    return ImageInfo(height, width, mode, conversion, orientation, getattr(im, "n_frames", 1))
 
 
 def read_rgb(path: PathLike, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -18,6 +18,7 @@ from bundle.errors import InputError
 __all__ = [
     "CheckpointNotFoundError",
     "find_last_checkpoint",
+    "set_aside_checkpoints",
     "resume_checkpoint",
     "load_torch_file",
     "load_state_dict",
@@ -50,6 +51,23 @@ def find_last_checkpoint(checkpoint_dir: PathLike, pattern: str = "checkpoint_ep
             return str(candidate)
         warnings.warn(f"{candidate}: incomplete checkpoint (interrupted write), skipped", stacklevel=2)
     return None
+
+
+def set_aside_checkpoints(checkpoint_dir: PathLike, pattern: str = "checkpoint_epoch=*.pt") -> int:
+    """Move an earlier run's resumable checkpoints into ``<checkpoint_dir>/previous/`` (replacing what is there), when
+    a run starts from scratch in the same folder: otherwise a later ``--resume`` of this run would continue from
+    the earlier run's highest epoch. Returns how many were moved."""
+    folder = Path(checkpoint_dir)
+    found = sorted(folder.glob(pattern)) if folder.is_dir() else []
+    if found:
+        previous = folder / "previous"
+        previous.mkdir(exist_ok=True)
+        for old in previous.glob(pattern):
+            old.unlink()
+        for path in found:
+            os.replace(path, previous / path.name)
+        logger.warning("%s: %d checkpoint(s) of an earlier run moved to %s; this run starts from scratch", folder, len(found), previous)
+    return len(found)
 
 
 def resume_checkpoint(checkpoint_dir: PathLike) -> Optional[str]:

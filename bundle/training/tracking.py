@@ -11,6 +11,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from monai.handlers import MLFlowHandler
 
+from bundle.training.checkpoints import set_aside_checkpoints
+
 __all__ = ["flatten_params", "set_mlflow_params", "TrainingHistory", "HISTORY", "DROPPED", "PREVIOUS", "truncate_history"]
 
 HISTORY = "history.jsonl"
@@ -111,14 +113,21 @@ class TrainingHistory:
     (:func:`truncate_history`) and the run appends from epoch E + 1, so no record is in the file twice. It works
     where MLflow is not installed; ``scripts/mlflow_import_history.py`` loads it into an MLflow run.
 
+    A run that starts from scratch in a folder with an earlier run's history and checkpoints sets both aside
+    (``history.previous.jsonl``, ``<checkpoint_dir>/previous/``), so that resuming it later continues this run.
+
     Args:
         output_dir: folder of ``history.jsonl``.
         validator: the validation engine, whose metrics are recorded after epochs where it ran.
+        checkpoint_dir: folder of the resumable checkpoints (None: left alone).
     """
 
-    def __init__(self, output_dir: Union[str, os.PathLike], validator: Optional[Any] = None):
+    def __init__(
+        self, output_dir: Union[str, os.PathLike], validator: Optional[Any] = None, checkpoint_dir: Optional[Union[str, os.PathLike]] = None
+    ):
         self.path = Path(output_dir) / HISTORY
         self.validator = validator
+        self.checkpoint_dir = checkpoint_dir
         self._epoch_start = 0.0
         self._truncated = False
 
@@ -143,6 +152,8 @@ class TrainingHistory:
         # possibly after this handler
         if not self._truncated:
             truncate_history(self.path.parent, engine.state.epoch - 1)
+            if engine.state.epoch == 1 and self.checkpoint_dir is not None:
+                set_aside_checkpoints(self.checkpoint_dir)
             self._truncated = True
         self._epoch_start = time.perf_counter()
 
