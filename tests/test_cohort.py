@@ -140,13 +140,19 @@ def segmenter():
     return load_config("inference", overrides={"progress": False, "runtime": "torch"}, variant="compact").get_parsed_content("segmenter")
 
 
-def test_store_verifies_complete_folders(segmenter, tmp_path):
+def _segmented(segmenter, tmp_path: Path, mpp=None):
+    """A slide (a sample crop) segmented into its partial folder of a fresh store: (image, slide, store, parent)."""
     image = tmp_path / "image.png"
     image.write_bytes(first_sample().read_bytes())
     slide = CohortSlide(image, name="image")
     store = SlideStore(tmp_path / "out")
     parent = store.partial_parent(slide, rank=0)
-    segmenter.segment(image, parent, None, "image")
+    segmenter.segment(image, parent, mpp, "image")
+    return image, slide, store, parent
+
+
+def test_store_verifies_complete_folders(segmenter, tmp_path):
+    image, slide, store, parent = _segmented(segmenter, tmp_path)
     assert store.completed(slide) is None and not (tmp_path / "out" / "image").exists()
     record = store.publish(slide, parent, {"rank": 0})
     assert store.completed(slide) == record and not parent.exists()
@@ -160,17 +166,12 @@ def test_store_verifies_complete_folders(segmenter, tmp_path):
 
 def test_store_redoes_a_slide_made_with_other_settings(segmenter, tmp_path):
     """A rerun with a corrected resolution (or organ, or weights) redoes the slide instead of keeping it."""
-    image = tmp_path / "image.png"
-    image.write_bytes(first_sample().read_bytes())
-    slide = CohortSlide(image, name="image")
-    store = SlideStore(tmp_path / "out")
-    parent = store.partial_parent(slide, rank=0)
-    segmenter.segment(image, parent, 0.5, "image")
+    _, slide, store, parent = _segmented(segmenter, tmp_path, mpp=0.5)
     record = store.publish(slide, parent, {"rank": 0, "settings": {"mpp": 0.5, "organ": None}})
     assert store.completed(slide, {"mpp": 0.5, "organ": None}) == record
     assert store.completed(slide, {"mpp": 0.25, "organ": None}) is None
-    assert store.completed(CohortSlide(tmp_path / ".." / tmp_path.name / "image.png", name="image"), {"mpp": 0.5, "organ": None}) == record, \
-        "the same file, spelt another way"
+    respelt = CohortSlide(tmp_path / ".." / tmp_path.name / "image.png", name="image")
+    assert store.completed(respelt, {"mpp": 0.5, "organ": None}) == record, "the same file, spelt another way"
 
 
 def test_runner_resumes_and_reports_failures(segmenter, tmp_path):
