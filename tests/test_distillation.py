@@ -60,9 +60,21 @@ def test_teacher_maps_load_and_follow_the_label(tmp_path):
     assert "teacher" not in item and item["label"].shape == (4, 12, 10)
 
 
-@pytest.mark.parametrize("case", ["missing", "other size"])
-def test_teacher_map_errors_name_the_file(tmp_path, case):
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no teacher maps"), ("other size", "teacher maps are"), ("not an npz", "unreadable teacher maps"),
+    ("cut short", "unreadable teacher maps"), ("without distance", "teacher maps without distance"),
+])
+def test_teacher_map_errors_name_the_file(tmp_path, case, message):
+    path = tmp_path / "a.npz"
+    maps = {"prob": np.zeros((12, 10), np.float16), "distance": np.zeros((12, 10), np.float16)}
     if case == "other size":
-        np.savez(tmp_path / "a.npz", prob=np.zeros((4, 4), np.float16), distance=np.zeros((4, 4), np.float16))
-    with pytest.raises(InputError, match=r"a\.npz"):
+        np.savez(path, prob=np.zeros((4, 4), np.float16), distance=np.zeros((4, 4), np.float16))
+    elif case == "not an npz":
+        path.write_text("not an npz")
+    elif case == "cut short":
+        np.savez(path, **maps)
+        path.write_bytes(path.read_bytes()[:300])
+    elif case == "without distance":
+        np.savez(path, prob=maps["prob"])
+    with pytest.raises(InputError, match=rf"a\.npz: {message}"):
         LoadTeacherMapsd("teacher", str(tmp_path))({"id": "a", "image": torch.zeros(3, 12, 10)})

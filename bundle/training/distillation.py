@@ -10,6 +10,7 @@ against each.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Hashable, Mapping
 
@@ -38,7 +39,7 @@ class LoadTeacherMapsd(MapTransform):
         id_key: item key that names the cache file. Default ``"id"`` (the datalists' image id).
 
     Raises:
-        InputError: a missing cache file, or maps whose size differs from ``d["image"]``.
+        InputError: a missing, unreadable or incomplete cache file, or maps whose size differs from ``d["image"]``.
     """
 
     def __init__(self, keys: KeysCollection, cache_dir: str, id_key: str = "id"):
@@ -51,8 +52,14 @@ class LoadTeacherMapsd(MapTransform):
         path = self.cache_dir / f"{d[self.id_key]}.npz"
         if not path.is_file():
             raise InputError(f"{path}: no teacher maps for this image; cache them with scripts/research/cache_predictions.py")
-        with np.load(path) as cached:
-            maps = np.stack([cached[name].astype(np.float32) for name in TEACHER_MAPS])
+        try:
+            with np.load(path) as cached:
+                missing = [name for name in TEACHER_MAPS if name not in cached.files]
+                if missing:
+                    raise InputError(f"{path}: teacher maps without {', '.join(missing)}; cache them again with scripts/research/cache_predictions.py")
+                maps = np.stack([cached[name].astype(np.float32) for name in TEACHER_MAPS])
+        except (OSError, ValueError, zipfile.BadZipFile) as err:  # cut short or not an .npz
+            raise InputError(f"{path}: unreadable teacher maps ({type(err).__name__}: {err}); cache them again with scripts/research/cache_predictions.py") from err
         if "image" in d and tuple(d["image"].shape[-2:]) != maps.shape[-2:]:
             raise InputError(f"{path}: teacher maps are {maps.shape[-2:]}, the image is {tuple(d['image'].shape[-2:])}")
         for key in self.keys:
