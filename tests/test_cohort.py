@@ -174,6 +174,31 @@ def test_store_redoes_a_slide_made_with_other_settings(segmenter, tmp_path):
     assert store.completed(respelt, {"mpp": 0.5, "organ": None}) == record, "the same file, spelt another way"
 
 
+def test_a_full_disk_fails_the_slide_not_the_rank(segmenter, tmp_path, monkeypatch):
+    """A folder that cannot be made for one slide (no space left) is that slide's failure; the rank writes the others,
+    and an earlier run's cohort.json never stands for this run."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(tiled_tissue(256, 256)).save(folder / f"{name}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cohort.json").write_text('{"counts": {"written": 99}}')  # an earlier run's summary
+    real = SlideStore.partial_parent
+
+    def full_disk(store, slide, rank):
+        if slide.name == "a":
+            raise OSError(28, "No space left on device")
+        return real(store, slide, rank)
+
+    monkeypatch.setattr(SlideStore, "partial_parent", full_disk)
+    result = CohortRunner(segmenter).run(folder, out)
+    rows = read_rows(out)
+    assert rows["a"]["status"] == "failed" and "No space left on device" in rows["a"]["reason"]
+    assert rows["b"]["status"] == "written" and result.exit_status == 2
+    assert json.loads((out / "cohort.json").read_text())["counts"]["written"] == 1
+
+
 def test_runner_resumes_and_reports_failures(segmenter, tmp_path):
     paths = make_cohort(tmp_path / "in")
     out = tmp_path / "out"

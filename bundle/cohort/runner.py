@@ -83,8 +83,8 @@ class CohortRunner:
         left = store.clear_partials()
         if left:
             logger.warning("removed %d half-written slide folder(s) of an earlier run from %s", left, store.partial_root)
-        for old in store.work.glob("rank*.json*"):
-            old.unlink()
+        for old in [*store.work.glob("rank*.json*"), output_dir / "cohort.csv", output_dir / "cohort.json"]:
+            old.unlink(missing_ok=True)  # an earlier run's records and summary never pass for this run's
         return {"slides": [asdict(s) for s in slides], "started": time.time()}
 
     def run(
@@ -168,8 +168,9 @@ class CohortRunner:
             return {**base, **output, **{k: done.get(k) for k in SUMMARY_KEYS}, "rank": done.get("rank", ""), "status": "already_complete"}
         if slide.problem:
             return {**base, "status": "failed", "reason": slide.problem}
-        parent = store.partial_parent(slide, rank)
+        parent = None
         try:
+            parent = store.partial_parent(slide, rank)  # inside: a full disk fails this slide, not the rank
             summary = self.segmenter.segment(slide.path, parent, slide.mpp, slide.name, slide.organ)
             record = store.publish(slide, parent, {"rank": rank, "settings": settings, **{k: summary.get(k) for k in SUMMARY_KEYS}})
         except InputError as e:
@@ -183,5 +184,6 @@ class CohortRunner:
             reason = f"{slide.path}: {type(e).__name__}: {e}"
         else:
             return {**base, **output, **{k: record.get(k) for k in SUMMARY_KEYS}, "status": "written"}
-        store.discard(parent)
+        if parent is not None:
+            store.discard(parent)
         return {**base, "status": "failed", "reason": reason}

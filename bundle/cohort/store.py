@@ -63,7 +63,7 @@ class SlideStore:
         """An empty folder to write the slide into (``<it>/<name>/``), private to this rank; made afresh."""
         parent = self.partial_root / f"{slide.name}.r{rank}"
         shutil.rmtree(parent, ignore_errors=True)
-        parent.mkdir(parents=True)
+        parent.mkdir(parents=True, exist_ok=True)  # a left-over that could not be removed is written over
         return parent
 
     def discard(self, parent: Path) -> None:
