@@ -76,7 +76,7 @@ class TiffLayout:
     photometric: str  # RGB, MINISBLACK, YCBCR, ... (an unknown value as its number)
     samples: int  # samples per pixel
     compression: str
-    pages: int  # pages in the file (a pyramid's levels or a stack)
+    mpp: Optional[float]  # microns per pixel from the resolution tags (unit inch or centimetre), as OpenSlide reads them
 
     def describe(self) -> str:
         """``"uint16 RGB (3 samples per pixel)"``."""
@@ -96,10 +96,20 @@ def tiff_layout(path: PathLike) -> Optional[TiffLayout]:
                 photometric=getattr(page.photometric, "name", str(page.photometric)),  # an unknown value stays an int
                 samples=int(page.samplesperpixel),
                 compression=getattr(page.compression, "name", str(page.compression)),
-                pages=len(tif.pages),
+                mpp=_tag_mpp(page.tags),
             )
     except Exception:  # noqa: BLE001 - only a better message; the callers fall back to PIL's or OpenSlide's
         return None
+
+
+def _tag_mpp(tags: "tifffile.TiffTags") -> Optional[float]:
+    """Microns per pixel of XResolution in ResolutionUnit inch or centimetre; None without them."""
+    unit, xres = tags.get("ResolutionUnit"), tags.get("XResolution")
+    if unit is None or xres is None:
+        return None
+    num, den = xres.value
+    microns = {2: 25400.0, 3: 10000.0}.get(int(unit.value))  # per inch, per centimetre
+    return microns * den / num if microns and num > 0 and den > 0 else None
 
 
 def _tiff_problem(path: Path) -> Optional[str]:

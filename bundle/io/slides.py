@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import numpy as np
-import tifffile
 from PIL import Image
 from scipy import ndimage
 from skimage.filters import threshold_otsu
@@ -24,8 +23,8 @@ from bundle.errors import InputError
 from bundle.io.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_rgb_checked, tiff_layout
 
 __all__ = [
-    "SlideReadError", "SlideSource", "ImageSource", "open_source", "check_mpp", "tiff_tag_mpp", "tissue_mask",
-    "read_region_padded", "MPP_RANGE", "SLIDE_SUFFIXES", "IMAGE_SUFFIXES", "INPUT_SUFFIXES",
+    "SlideReadError", "SlideSource", "ImageSource", "open_source", "check_mpp", "tissue_mask", "read_region_padded",
+    "MPP_RANGE", "SLIDE_SUFFIXES", "IMAGE_SUFFIXES", "INPUT_SUFFIXES",
 ]
 logger = logging.getLogger(__name__)
 
@@ -72,24 +71,6 @@ def _expected() -> str:
 def _print_resolution(mpp: float) -> str:
     """``"84.7 um/px = 300 dpi"``: a file's resolution as microns and as dots per inch, for messages."""
     return f"{mpp:.3g} um/px = {25400 / mpp:.0f} dpi"
-
-
-def tiff_tag_mpp(path: Union[str, os.PathLike]) -> Optional[float]:
-    """Microns per pixel from the resolution tags (XResolution, ResolutionUnit inch or centimetre) of a TIFF's first
-    page, as OpenSlide reads them for tiled TIFFs; None without them or for other files."""
-    if Path(path).suffix.lower() not in (".tif", ".tiff"):
-        return None
-    try:
-        with tifffile.TiffFile(path) as tif:
-            tags = tif.pages.first.tags
-            unit, xres = tags.get("ResolutionUnit"), tags.get("XResolution")
-            if unit is None or xres is None:
-                return None
-            num, den = xres.value
-            microns = {2: 25400.0, 3: 10000.0}.get(int(unit.value))  # per inch, per centimetre
-            return microns * den / num if microns and num > 0 and den > 0 else None
-    except Exception:  # noqa: BLE001 - tags tifffile cannot read are no resolution
-        return None
 
 
 def _resize(rgb: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
@@ -247,7 +228,8 @@ class ImageSource(_Source):
         if self.conversion:
             logger.warning("%s: %s", self.path, self.conversion)
         self.height, self.width = self.rgb.shape[:2]
-        tagged = tiff_tag_mpp(self.path) if mpp is None else None
+        layout = tiff_layout(self.path) if mpp is None else None
+        tagged = layout.mpp if layout is not None else None  # a plain TIFF's resolution tags, as a tiled one's
         if mpp is not None:
             self.mpp, self.mpp_source = float(mpp), "user"
         elif tagged is not None and _plausible(tagged):
