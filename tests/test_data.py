@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from scipy import ndimage
 
 from bundle.data.datalists import group_id, make_split, paired_datalist, scan_images, split_datalist
 from bundle.io.images import ImageReadError, inspect_image, read_mask, read_rgb, read_rgb_checked
@@ -89,6 +90,20 @@ def test_mask_size_mismatch_is_skipped(tmp_path):
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(mask)
     scan = paired_datalist(tmp_path / "ds")
     assert len(scan.items) == 1 and "is 10x10" in scan.skipped[0]["reason"]
+
+
+def test_class_map_mask_is_kept_with_a_warning(tmp_path, caplog):
+    """A 0/128/255 mask (borders 128) is a class map: kept, its nuclei taken as connected components, and said."""
+    shutil.copytree(TNBC, tmp_path / "ds")
+    mask = sorted((tmp_path / "ds" / "masks").glob("*.png"))[0]
+    binary = read_mask(mask) > 0
+    classes = np.where(binary, 255, 0).astype(np.uint8)
+    classes[binary & ~ndimage.binary_erosion(binary)] = 128
+    Image.fromarray(classes).save(mask)
+    with caplog.at_level("WARNING", logger="bundle.data.datalists"):
+        scan = paired_datalist(tmp_path / "ds")
+    assert len(scan.items) == 2 and not scan.skipped
+    assert any(mask.name in r.getMessage() and "class map" in r.getMessage() for r in caplog.records)
 
 
 def test_no_usable_pair(tmp_path):

@@ -8,8 +8,18 @@ import torch
 from monai.data import MetaTensor
 
 from bundle.io.images import read_mask
-from bundle.data.targets import NucleusTargetsd, instance_labels, normalized_distance
+from bundle.data.targets import NucleusTargetsd, instance_labels, mask_kind, normalized_distance
 from tests.helpers import MONUSEG
+
+
+def _class_map() -> np.ndarray:
+    """Six separate 3x3 nuclei, 0/128/255 (128 their borders, 255 their centres): a class map, not ids."""
+    m = np.zeros((8, 24), np.uint8)
+    for x in range(0, 24, 4):
+        m[1:4, x:x + 3] = 128
+        m[2, x + 1] = 255
+    m[5:8, :] = 0
+    return m
 
 LABEL_CASES = [
     # (mask, expected number of instances)
@@ -17,6 +27,15 @@ LABEL_CASES = [
     (np.array([[0, 255, 255, 0, 255]], np.uint8), 2),  # binary 0/255
     (np.array([[0, 3, 3, 5, 5]], np.uint16), 2),  # instance ids kept (touching)
     (np.zeros((1, 4, 4), np.uint8), 0),  # channel-first, empty
+    (_class_map(), 6),  # 0/128/255 class map: connected components of its non-zero pixels, not 2 "ids"
+]
+
+KIND_CASES = [
+    (np.array([[0, 255, 255, 0, 255]], np.uint8), "binary"),
+    (np.array([[0, 3, 3, 5, 5]], np.uint16), "instances"),
+    (np.array([[0, 1, 0, 2, 0, 3]], np.uint16), "instances"),
+    (_class_map(), "classes"),
+    (np.array([[1, 0, 1, 0, 1, 0, 2, 0, 2, 0, 2]], np.uint8), "classes"),  # two values, three regions each
 ]
 
 
@@ -25,6 +44,16 @@ def test_instance_labels(mask, n):
     labels = instance_labels(mask)
     assert labels.dtype == np.int32 and labels.ndim == 2
     assert len(np.unique(labels[labels > 0])) == n
+
+
+@pytest.mark.parametrize("mask, kind", KIND_CASES)
+def test_mask_kind(mask, kind):
+    assert mask_kind(mask) == kind
+
+
+def test_mask_kind_of_real_instance_masks():
+    for path in sorted((MONUSEG / "masks").glob("*.png")):
+        assert mask_kind(read_mask(path)) == "instances", path
 
 
 def test_instance_labels_checks_shape():

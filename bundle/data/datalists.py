@@ -4,6 +4,7 @@ Layouts (as in the MoNuSeg and TNBC releases)::
 
     <dataset_dir>/images/<id>.png      RGB H&E tiles (PNG, TIFF or JPEG)
     <dataset_dir>/masks/<id>.png       instance labels (uint16, 0 = background) or binary (0/255)
+                                       (a class map, e.g. 0/128/255: its connected components, with a warning)
 
 Every file is checked when the list is made: files that are not images, images that cannot be decoded and
 images without a mask are skipped and reported (logged, and returned in :attr:`DataScan.skipped`); the rest
@@ -23,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
+from bundle.data.targets import mask_kind
 from bundle.errors import InputError
 from bundle.io.images import ImageReadError, inspect_image, is_image_file, read_mask
 from bundle.networks.text_prior import normalize_organ
@@ -164,7 +168,8 @@ def paired_datalist(
             try:
                 info = inspect_image(image)
                 size = (info.height, info.width)
-                mask_shape = read_mask(mask).shape
+                labels = read_mask(mask)
+                mask_shape = labels.shape
             except ImageReadError as err:
                 scan.skip(image, str(err))
                 continue
@@ -174,6 +179,9 @@ def paired_datalist(
             if tuple(mask_shape) != size:
                 scan.skip(image, f"mask {mask.name} is {mask_shape[0]}x{mask_shape[1]}, image is {size[0]}x{size[1]}")
                 continue
+            if mask_kind(labels) == "classes":
+                logger.warning("%s: its %d values each cover many separate regions (a class map, not one id per nucleus): "
+                               "its nuclei are taken as the connected components of its non-zero pixels", mask, len(np.unique(labels)) - 1)
             scan.items.append({"image": str(image), "label": str(mask), "id": image.stem, "group": group_id(image.stem)})
     if not scan.items:
         raise InputError(f"no usable image-mask pair in {', '.join(map(str, dirs))} ({len(scan.skipped)} skipped)")

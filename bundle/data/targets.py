@@ -10,14 +10,37 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils.type_conversion import convert_to_dst_type
 from scipy import ndimage
+from skimage import measure
 
 from bundle.pipeline.split import as_2d
 
-__all__ = ["instance_labels", "normalized_distance", "NucleusTargetsd"]
+__all__ = ["MASK_KINDS", "mask_kind", "instance_labels", "normalized_distance", "NucleusTargetsd"]
+MASK_KINDS = ("binary", "instances", "classes")
+REGIONS_PER_INSTANCE = 2.0  # an instance map has about one region per id (MoNuSeg: at most 1.02); a class map many
+
+
+def mask_kind(mask: Any) -> str:
+    """What a mask's values mean: ``"binary"`` (one foreground value), ``"instances"`` (one id per nucleus) or
+    ``"classes"`` (a few values, each covering many separate regions: nucleus classes, or 0/128/255 borders).
+
+    Args:
+        mask: (H, W) or (1, H, W) integer or boolean mask; 0 is background.
+
+    Returns:
+        One of :data:`MASK_KINDS`.
+    """
+    m = as_2d(mask, "a nucleus mask").astype(np.int64)
+    ids = np.unique(m)
+    ids = ids[ids != 0]
+    if len(ids) <= 1:
+        return "binary"
+    regions = measure.label(m, background=0, connectivity=2).max()  # regions of one value, 8-connected
+    return "classes" if regions > REGIONS_PER_INSTANCE * len(ids) else "instances"
 
 
 def instance_labels(mask: Any) -> np.ndarray:
-    """Instance ids from a mask: kept when the mask holds instance ids, connected components of a binary mask.
+    """Instance ids from a mask: kept when the mask holds instance ids; the connected components of its non-zero
+    pixels when it is binary or a class map (see :func:`mask_kind`).
 
     Args:
         mask: (H, W) or (1, H, W) integer or boolean mask; 0 is background.
@@ -29,8 +52,7 @@ def instance_labels(mask: Any) -> np.ndarray:
         ValueError: ``mask`` is not (H, W) or (1, H, W).
     """
     m = as_2d(mask, "a nucleus mask")
-    values = np.unique(m)
-    if len(values) <= 2:  # binary (0/1, 0/255, bool): split into connected components
+    if mask_kind(m) != "instances":
         return ndimage.label(m > 0)[0].astype(np.int32)
     return m.astype(np.int32)
 
