@@ -199,6 +199,35 @@ def test_a_full_disk_fails_the_slide_not_the_rank(segmenter, tmp_path, monkeypat
     assert json.loads((out / "cohort.json").read_text())["counts"]["written"] == 1
 
 
+def test_a_full_disk_for_progress_and_summary_loses_no_slide(segmenter, tmp_path, monkeypatch, caplog):
+    """Progress files that cannot be written cost only the progress view: the slides are written and reach the
+    summary through the ranks' records; a summary that cannot be written is one error line and exit status 2."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(tiled_tissue(256, 256)).save(folder / f"{name}.png")
+    out = tmp_path / "out"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("bundle.cohort.runner.write_json_atomic", full_disk)
+    monkeypatch.setattr("bundle.cohort.runner.ProgressLog._append", full_disk)
+    with caplog.at_level("WARNING"):
+        result = CohortRunner(segmenter).run(folder, out)
+    assert result.exit_status == 0 and outputs_complete(out) == ["a", "b"]
+    assert {n: r["status"] for n, r in read_rows(out).items()} == {"a": "written", "b": "written"}
+    assert sum("cannot write its progress" in r.getMessage() for r in caplog.records) == 1
+
+    monkeypatch.setattr("bundle.cohort.summary.write_json_atomic", full_disk)
+    caplog.clear()
+    with caplog.at_level("ERROR"):
+        again = CohortRunner(segmenter).run(folder, out)
+    assert again.exit_status == 2 and "No space left on device" in again.report["summary_error"]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [f"error: {again.report['summary_error']}"]
+    assert [r["status"] for r in again.records] == ["already_complete"] * 2
+
+
 def test_runner_resumes_and_reports_failures(segmenter, tmp_path):
     paths = make_cohort(tmp_path / "in")
     out = tmp_path / "out"

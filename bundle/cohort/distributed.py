@@ -2,8 +2,8 @@
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` for every process
 (across nodes with ``--nnodes`` and a rendezvous endpoint); without them the job is one process, rank 0 of 1. The
-ranks exchange only the cohort (one broadcast) and wait for each other once at the end, so the process group
-carries small CPU objects: gloo, or NCCL on GPU nodes.
+ranks exchange only the cohort (one broadcast) and, at the end, their records of it (one gather to rank 0), so the
+process group carries small CPU objects: gloo, or NCCL on GPU nodes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -44,6 +44,14 @@ class Ranks:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather(self, obj: Any) -> Optional[List[Any]]:
+        """Every rank's ``obj``, in rank order, on rank 0 (pickled); None on the other ranks."""
+        if self.world_size == 1:
+            return [obj]
+        box: Optional[List[Any]] = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(obj, box, dst=0)
+        return box
 
     def barrier(self) -> None:
         if self.world_size > 1:

@@ -21,13 +21,13 @@ import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from bundle.cohort.distributed import Ranks, join_ranks
 from bundle.cohort.manifest import CohortSlide, read_cohort
 from bundle.cohort.shard import balanced_shards
 from bundle.cohort.store import SlideStore, write_json_atomic
-from bundle.cohort.summary import merge_records, read_rank_records, write_summary
+from bundle.cohort.summary import merge_records, write_summary
 from bundle.data.datalists import read_organ_table
 from bundle.errors import EXIT_OK, InputError
 from bundle.io.slides import check_mpp
@@ -56,6 +56,47 @@ class CohortResult:
     def exit(self) -> None:
         if self.exit_status != EXIT_OK:
             raise SystemExit(self.exit_status)
+
+
+class ProgressLog:
+    """A rank's progress for whoever watches the run: ``<work>/rank<k>.json`` (slides, done, failed, current) and
+    one JSON line per finished slide in ``<work>/rank<k>.jsonl``. Best effort: a write that fails (a full disk) is
+    logged once and the slides go on; the records reach rank 0 through the process group, not these files.
+
+    Args:
+        work: the cohort's working folder (``<output_dir>/_cohort``).
+        ranks: this process's place in the job.
+    """
+
+    def __init__(self, work: Path, ranks: Ranks):
+        self.status_file, self.records_file = work / f"rank{ranks.rank}.json", work / f"rank{ranks.rank}.jsonl"
+        self.progress = {"rank": ranks.rank, "world_size": ranks.world_size, "host": socket.gethostname(), "pid": os.getpid(),
+                         "slides": 0, "done": 0, "failed": 0, "current": None, "started": time.time()}
+        self.failed_write: Optional[str] = None
+
+    def start(self, slide: CohortSlide, slides: int) -> None:
+        self.progress.update(current=str(slide.path), slides=slides)
+        self._write(lambda: write_json_atomic(self.status_file, self.progress))
+
+    def finish(self, record: Dict[str, Any]) -> None:
+        self.progress["done" if record["status"] != "failed" else "failed"] += 1
+        self._write(lambda: self._append(json.dumps(record)))
+
+    def close(self) -> None:
+        self.progress["current"] = None
+        self._write(lambda: write_json_atomic(self.status_file, self.progress))
+
+    def _append(self, line: str) -> None:
+        with open(self.records_file, "a") as f:
+            f.write(line + "\n")
+
+    def _write(self, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except OSError as e:
+            if self.failed_write is None:
+                self.failed_write = f"{e.filename or self.status_file}: {e.strerror or e}"
+                logger.warning("rank %d: cannot write its progress (%s); its slides go on", self.progress["rank"], self.failed_write)
 
 
 class CohortRunner:
@@ -121,10 +162,10 @@ class CohortRunner:
             slides = [CohortSlide(**{**s, "path": Path(s["path"])}) for s in plan["slides"]]
             mine = balanced_shards([s.weight for s in slides], ranks.world_size)[ranks.rank]
             records = self._run_share(SlideStore(output_dir), [slides[i] for i in mine], ranks)
-            ranks.barrier()
+            shares = ranks.gather(records)  # waits for every rank
             report = None
-            if ranks.rank == 0:
-                rows = merge_records(slides, read_rank_records(output_dir / "_cohort", ranks.world_size))
+            if shares is not None:
+                rows = merge_records(slides, {r["name"]: r for share in shares for r in share})
                 report = write_summary(output_dir, str(source), slides, rows, time.time() - plan["started"], ranks.world_size)
                 logger.info("cohort: %s -> %s", report["counts"], output_dir / "cohort.csv")
             return CohortResult(records, report)
@@ -132,23 +173,18 @@ class CohortRunner:
             ranks.close()
 
     def _run_share(self, store: SlideStore, slides: List[CohortSlide], ranks: Ranks) -> List[Dict[str, Any]]:
-        """Process this rank's slides in turn; one record per slide, appended to ``_cohort/rank<k>.jsonl``."""
-        log = store.work / f"rank{ranks.rank}.jsonl"
-        progress = {"rank": ranks.rank, "world_size": ranks.world_size, "host": socket.gethostname(), "pid": os.getpid(),
-                    "slides": len(slides), "done": 0, "failed": 0, "current": None, "started": time.time()}
+        """Process this rank's slides in turn; one record per slide, returned and appended to
+        ``_cohort/rank<k>.jsonl`` (with the rank's progress in ``_cohort/rank<k>.json``) for whoever watches the run."""
+        progress_log = ProgressLog(store.work, ranks)
         records = []
         for index, slide in enumerate(slides, start=1):
-            progress["current"] = str(slide.path)
-            write_json_atomic(store.work / f"rank{ranks.rank}.json", progress)
+            progress_log.start(slide, len(slides))
             record = self._run_slide(store, slide, ranks.rank)
             records.append(record)
-            with open(log, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            progress["done" if record["status"] != "failed" else "failed"] += 1
+            progress_log.finish(record)
             logger.info("rank %d/%d: slide %d/%d %s: %s%s", ranks.rank, ranks.world_size, index, len(slides), slide.name,
                         record["status"], f" ({record['reason']})" if record.get("reason") else "")
-        progress["current"] = None
-        write_json_atomic(store.work / f"rank{ranks.rank}.json", progress)
+        progress_log.close()
         return records
 
     def _settings(self, slide: CohortSlide) -> Dict[str, Any]:

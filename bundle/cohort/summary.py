@@ -11,7 +11,7 @@ rank its slides, weight, time and peak memory.
 from __future__ import annotations
 
 import csv
-import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
@@ -20,28 +20,13 @@ from bundle.cohort.manifest import CohortSlide
 from bundle.cohort.store import write_json_atomic
 from bundle.errors import EXIT_OK, EXIT_SKIPPED
 
-__all__ = ["COHORT_COLUMNS", "DONE", "merge_records", "write_summary", "read_rank_records"]
+__all__ = ["COHORT_COLUMNS", "DONE", "merge_records", "write_summary"]
+logger = logging.getLogger(__name__)
 COHORT_COLUMNS = (
     "slide", "name", "status", "nucleus_count", "nuclei_per_mm2_tissue", "tissue_area_mm2", "megapixels_level0",
     "seconds", "peak_rss_mb", "rank", "output", "reason",
 )
 DONE = ("written", "already_complete")  # statuses of a slide whose outputs are complete
-
-
-def read_rank_records(work_dir: Path, world_size: int) -> Dict[str, Dict[str, Any]]:
-    """Every rank's records of this run (``rank<k>.jsonl``), by slide name; a torn last line is ignored."""
-    records: Dict[str, Dict[str, Any]] = {}
-    for rank in range(world_size):
-        path = work_dir / f"rank{rank}.jsonl"
-        if not path.is_file():
-            continue
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            records[record["name"]] = record
-    return records
 
 
 def merge_records(slides: Sequence[CohortSlide], records: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -58,13 +43,9 @@ def merge_records(slides: Sequence[CohortSlide], records: Dict[str, Dict[str, An
 def write_summary(
     output_dir: Path, source: str, slides: Sequence[CohortSlide], rows: List[Dict[str, Any]], wall_seconds: float, world_size: int
 ) -> Dict[str, Any]:
-    """Write ``cohort.csv`` and ``cohort.json`` (each atomically) and return the report."""
-    tmp = output_dir / f".cohort.csv.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COHORT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, output_dir / "cohort.csv")
+    """Write ``cohort.csv`` and ``cohort.json`` (each atomically) and return the report. When they cannot be
+    written (a full disk), that is logged as an error, the report says so (``summary_error``) and its exit status
+    is 2; the slides' folders stay complete, and a rerun writes the summary without redoing them."""
     counts = {status: sum(r["status"] == status for r in rows) for status in ("written", "already_complete", "failed", "not_processed")}
     written = [r for r in rows if r["status"] == "written"]
     mpx = sum(float(r["megapixels_level0"] or 0) for r in written)
@@ -97,5 +78,15 @@ def write_summary(
         "not_processed": [r["slide"] for r in rows if r["status"] == "not_processed"],
         "exit_status": EXIT_OK if counts["written"] + counts["already_complete"] == len(rows) else EXIT_SKIPPED,
     }
-    write_json_atomic(output_dir / "cohort.json", report)
+    try:
+        tmp = output_dir / f".cohort.csv.{os.getpid()}.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COHORT_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, output_dir / "cohort.csv")
+        write_json_atomic(output_dir / "cohort.json", report)
+    except OSError as e:
+        report.update(summary_error=f"{e.filename or output_dir}: cannot write the cohort summary ({e.strerror or e})", exit_status=EXIT_SKIPPED)
+        logger.error("error: %s", report["summary_error"])
     return report
