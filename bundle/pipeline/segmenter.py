@@ -13,7 +13,8 @@ Stages, one module each:
 - predict: :class:`bundle.pipeline.predict.TilePredictor` on tiles of :class:`bundle.pipeline.tiles.TileGrid`;
 - split: :class:`bundle.pipeline.split.InstanceSplitter` (h-maxima markers on the distance head, watershed);
 - measure: :func:`bundle.pipeline.measure.measure_nuclei`, each nucleus kept by the one tile whose core holds
-  its centroid, so nuclei across tile borders are neither duplicated nor cut (the margin exceeds a nucleus);
+  its centroid, so nuclei across tile borders are neither duplicated nor cut (the margin exceeds a nucleus); a
+  nucleus within :data:`BORDER_BAND` pixels of a shared border is kept once by :class:`bundle.pipeline.borders.BorderNuclei`;
 - write: :mod:`bundle.io.writers` and the per-input summary; ``report.json`` (:mod:`bundle.pipeline.report`).
 """
 
@@ -43,6 +44,7 @@ from bundle.errors import InputError
 from bundle.io.slides import check_mpp, open_source, read_region_padded, tissue_mask
 from bundle.io.writers import OVERLAY_SIDE, write_csv, write_geojson, write_instances, write_mask_png, write_overlay
 from bundle.networks.text_prior import GENERIC, OrganPrompts, PromptedNetwork, uses_text
+from bundle.pipeline.borders import BorderNuclei, Edges
 from bundle.pipeline.check import check_output_dir, list_inputs, output_names
 from bundle.pipeline.inferers import context_inferer
 from bundle.pipeline.measure import Nucleus, density_per_mm2, measure_nuclei
@@ -56,6 +58,7 @@ from bundle.training.checkpoints import load_state_dict
 __all__ = ["NucleusSegmenter", "RegionResult", "peak_rss_mb"]
 logger = logging.getLogger(__name__)
 MIN_SIDE = 16  # pixels at model resolution: smaller inputs are refused (smaller than a few nuclei)
+BORDER_BAND = 2.0  # model pixels each side of a border between tiles where a nucleus is checked against the other tile
 
 
 def peak_rss_mb() -> float:
@@ -76,14 +79,18 @@ class RegionResult:
 class TileWindow:
     """One tile to segment: its core (model pixels of the region), the level-0 window read around it
     (x0, y0, x1, y1), the size that window is read at (model pixels, (h, w)), the level-0 pixels per read pixel
-    (x, y; the model's scale up to the rounding of ``out_shape``), and the core in the read tile's pixel indices
-    (row0, col0, row1, col1) that decides which nuclei the tile keeps."""
+    (x, y; the model's scale up to the rounding of ``out_shape``), the core in the read tile's pixel indices
+    (row0, col0, row1, col1), widened by :data:`BORDER_BAND` across shared edges, within which its nuclei are
+    measured, the level-0 box (x0, y0, x1, y1) it owns, and which of its edges (left, top, right, bottom) it shares
+    with another tile (see :class:`bundle.pipeline.borders.BorderNuclei`)."""
 
     core: Box
     level0: Tuple[int, int, int, int]
     out_shape: Tuple[int, int]
     keep: Tuple[float, float, float, float]
     pixel_size: Tuple[float, float]
+    owned: Tuple[float, float, float, float] = (0.0, 0.0, math.inf, math.inf)
+    edges: Edges = (False, False, False, False)
 
 
 class TissueWindows:
@@ -306,20 +313,27 @@ class NucleusSegmenter:
             # ownership in level-0 pixels, the same boundary for neighbouring tiles whatever their rounding: a
             # nucleus is kept where its centroid (pixel index + 0.5) falls inside the core
             cx0, cy0, cx1, cy1 = (x0 + core[0] / scale, y0 + core[1] / scale, x0 + core[2] / scale, y0 + core[3] / scale)
-            keep = ((cy0 - ly0) / py - 0.5, (cx0 - lx0) / px - 0.5, (cy1 - ly0) / py - 0.5, (cx1 - lx0) / px - 0.5)
-            windows.append(TileWindow(core, (lx0, ly0, lx1, ly1), out_shape, keep, (px, py)))
+            edges = (core[0] > 0, core[1] > 0, core[2] < mw, core[3] < mh)
+            keep = ((cy0 - ly0) / py - 0.5 - BORDER_BAND * edges[1], (cx0 - lx0) / px - 0.5 - BORDER_BAND * edges[0],
+                    (cy1 - ly0) / py - 0.5 + BORDER_BAND * edges[3], (cx1 - lx0) / px - 0.5 + BORDER_BAND * edges[2])
+            windows.append(TileWindow(core, (lx0, ly0, lx1, ly1), out_shape, keep, (px, py), (cx0, cy0, cx1, cy1), edges))
         self.predictor.network = self._runner(self.resolve_organ(organ))
         self._tissue_windows = None
         if tissue is not None and self.skip_background_windows and self.context is None:
             self._tissue_windows = TissueWindows(tissue, tissue_down, scale, max(self.patch_size) // 2)
         progress = tqdm(total=len(windows), desc=source.path.name, unit="tile", disable=not self.progress, leave=False)
         skipped_before = self.predictor.windows_skipped
-        for window, nuclei in self._run_tiles(source, windows):
-            result.nuclei += nuclei
+        borders = BorderNuclei(BORDER_BAND / scale)
+        kept = []
+        for tile, (window, nuclei) in enumerate(self._run_tiles(source, windows)):
+            kept += borders.sort(tile, nuclei, window.owned, window.edges)
             result.processed += 1
             result.processed_px += (window.core[2] - window.core[0]) * (window.core[3] - window.core[1])
             progress.update()
         progress.close()
+        kept += borders.resolve()
+        kept.sort(key=lambda item: item[0])  # tile order; nearly sorted already
+        result.nuclei = [nucleus for _, nucleus in kept]
         result.windows_skipped = self.predictor.windows_skipped - skipped_before
         for i, n in enumerate(result.nuclei, start=1):
             n.id = i
