@@ -18,12 +18,12 @@ def square(cx: float, cy: float, half: float = 4.0) -> Nucleus:
 
 
 CASES = [
-    # (centroid x seen by the left tile or None, by the right tile or None, expected (tile, x) kept)
-    (99.7, 100.2, [(0, 99.7)]),  # each tile holds its own centroid: kept once, by the first
-    (100.3, 99.8, [(1, 99.8)]),  # neither holds its centroid: kept once, by the tile whose core is nearer
-    (99.0, None, [(0, 99.0)]),  # seen by one tile, inside its core
+    # (centroid x seen by the left tile or None, by the right tile or None, centroid x of the nucleus kept)
+    (99.7, 100.2, [99.7]),  # each tile holds its own centroid: kept once, by the first
+    (100.3, 99.8, [99.8]),  # neither holds its centroid: kept once, by the tile whose core is nearer
+    (99.0, None, [99.0]),  # seen by one tile, inside its core
     (None, 99.5, []),  # seen by one tile, outside its core: the other tile's (skipped, or split otherwise)
-    (50.0, None, [(0, 50.0)]),  # far from the border: kept at once
+    (50.0, None, [50.0]),  # far from the border: kept at once
 ]
 
 
@@ -36,7 +36,7 @@ def test_border_nuclei_kept_once(left_x, right_x, expected):
     if right_x is not None:
         kept += borders.sort(1, [square(right_x, 50.0)], RIGHT_CORE, RIGHT_EDGES)
     kept += borders.resolve()
-    assert [(key[0], nucleus.centroid[0]) for key, nucleus in kept] == expected
+    assert [nucleus.centroid[0] for nucleus in kept] == expected
     assert borders.resolve() == [], "resolved candidates are cleared"
 
 
@@ -46,7 +46,7 @@ def test_touching_nuclei_of_two_tiles_stay_two():
     kept = borders.sort(0, [square(98.0, 50.0, 2.0)], LEFT_CORE, LEFT_EDGES)
     kept += borders.sort(1, [square(102.0, 50.0, 2.0)], RIGHT_CORE, RIGHT_EDGES)
     kept += borders.resolve()
-    assert sorted(n.centroid[0] for _, n in kept) == [98.0, 102.0]
+    assert sorted(n.centroid[0] for n in kept) == [98.0, 102.0]
 
 
 def test_border_nuclei_checks_arguments():

@@ -22,9 +22,8 @@ import csv
 import json
 import math
 import os
-from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tifffile
@@ -33,6 +32,7 @@ from skimage.draw import polygon as fill_polygon
 from skimage.segmentation import find_boundaries
 
 from bundle.pipeline.measure import Nucleus
+from bundle.pipeline.nucleus_table import NucleusTable
 
 __all__ = [
     "CSV_COLUMNS", "LABEL_TILE", "OVERLAY_SIDE", "nucleus_row", "nucleus_feature", "write_instances", "write_mask_png",
@@ -114,27 +114,48 @@ def write_csv(path: PathLike, nuclei: Sequence[Nucleus]) -> Path:
     return path
 
 
-def _tile_index(nuclei: Sequence[Nucleus], width: int, height: int) -> Dict[Tuple[int, int], List[int]]:
-    """For each ``LABEL_TILE`` tile (row, col) of a ``width`` x ``height`` plane, the nuclei whose box meets it."""
-    index: Dict[Tuple[int, int], List[int]] = defaultdict(list)
-    for k, n in enumerate(nuclei):
-        (x0, y0), (x1, y1) = n.polygon.min(0), n.polygon.max(0)
-        for ty in range(max(0, int(y0) // LABEL_TILE), min(height - 1, int(y1)) // LABEL_TILE + 1):
-            for tx in range(max(0, int(x0) // LABEL_TILE), min(width - 1, int(x1)) // LABEL_TILE + 1):
-                index[(ty, tx)].append(k)
-    return index
+def _outline_boxes(nuclei: Sequence[Nucleus]) -> np.ndarray:
+    """(N, 4) float32 boxes (x0, y0, x1, y1) of the outlines, level-0 pixels; a table's are read from its file."""
+    if isinstance(nuclei, NucleusTable):
+        return nuclei.boxes()
+    return np.array([[*n.polygon.min(0), *n.polygon.max(0)] for n in nuclei], np.float32).reshape(-1, 4)
+
+
+def _tile_index(nuclei: Sequence[Nucleus], width: int, height: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The nuclei whose box meets each ``LABEL_TILE`` tile of a ``width`` x ``height`` plane: (indices, starts),
+    where tile t (row-major) holds ``indices[starts[t]:starts[t + 1]]``, in increasing order. Arrays, not lists:
+    4 bytes per nucleus and tile it meets, about 60 while they are made."""
+    boxes = np.floor(_outline_boxes(nuclei)).astype(np.int64)  # level-0 pixels, so int32 below is exact
+    columns, rows = math.ceil(width / LABEL_TILE), math.ceil(height / LABEL_TILE)
+    tx0 = np.clip(boxes[:, 0] // LABEL_TILE, 0, None).astype(np.int32)
+    ty0 = np.clip(boxes[:, 1] // LABEL_TILE, 0, None).astype(np.int32)
+    tx1 = (np.minimum(width - 1, boxes[:, 2]) // LABEL_TILE).astype(np.int32)
+    ty1 = (np.minimum(height - 1, boxes[:, 3]) // LABEL_TILE).astype(np.int32)
+    del boxes
+    across, down = np.maximum(tx1 - tx0 + 1, 0), np.maximum(ty1 - ty0 + 1, 0)
+    counts = across * down
+    index = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+    step = np.arange(len(index), dtype=np.int32) - np.repeat((np.cumsum(counts) - counts).astype(np.int32), counts)
+    width_of = np.maximum(across, 1)[index]
+    tile = (ty0[index] + step // width_of) * np.int64(columns) + tx0[index] + step % width_of
+    del step, width_of
+    order = np.argsort(tile, kind="stable")
+    return index[order], np.searchsorted(tile[order], np.arange(rows * columns + 1))
 
 
 def _label_tiles(nuclei: Sequence[Nucleus], width: int, height: int) -> Iterator[np.ndarray]:
     """uint32 (LABEL_TILE, LABEL_TILE) tiles of the rasterised nuclei (value: ``Nucleus.id``), row-major."""
-    index = _tile_index(nuclei, width, height)
+    indices, starts = _tile_index(nuclei, width, height)
+    columns = math.ceil(width / LABEL_TILE)
     for ty in range(math.ceil(height / LABEL_TILE)):
-        for tx in range(math.ceil(width / LABEL_TILE)):
+        for tx in range(columns):
             tile = np.zeros((LABEL_TILE, LABEL_TILE), np.uint32)
-            for k in index.get((ty, tx), ()):
-                poly = nuclei[k].polygon
+            t = ty * columns + tx
+            for k in indices[starts[t] : starts[t + 1]]:
+                nucleus = nuclei[int(k)]
+                poly = nucleus.polygon
                 rr, cc = fill_polygon(poly[:, 1] - ty * LABEL_TILE - 0.5, poly[:, 0] - tx * LABEL_TILE - 0.5, tile.shape)
-                tile[rr, cc] = nuclei[k].id
+                tile[rr, cc] = nucleus.id
             yield tile
 
 

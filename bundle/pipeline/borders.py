@@ -22,7 +22,7 @@ from bundle.pipeline.measure import Nucleus
 __all__ = ["Edges", "BorderNuclei"]
 
 Edges = Tuple[bool, bool, bool, bool]  # (left, top, right, bottom): whether another tile lies beyond that edge
-Key = Tuple[int, int]  # (tile index, nucleus index in the tile): the order nuclei are reported in
+Key = Tuple[int, int]  # (tile index, nucleus index in the tile)
 
 
 class BorderNuclei:
@@ -43,8 +43,8 @@ class BorderNuclei:
         self.nuclei: List[Nucleus] = []
         self.outside: List[float] = []  # level-0 pixels from a candidate's centroid to its own core (0: inside)
 
-    def sort(self, tile: int, nuclei: Sequence[Nucleus], core: Tuple[float, float, float, float], edges: Edges) -> List[Tuple[Key, Nucleus]]:
-        """The nuclei a tile keeps for sure, with their keys; its candidates are held until :meth:`resolve`.
+    def sort(self, tile: int, nuclei: Sequence[Nucleus], core: Tuple[float, float, float, float], edges: Edges) -> List[Nucleus]:
+        """The nuclei a tile keeps for sure; its candidates are held until :meth:`resolve`.
 
         Args:
             tile: the tile's index (its place in the output order).
@@ -61,15 +61,15 @@ class BorderNuclei:
             inside = x0 <= x < x1 and y0 <= y < y1
             near = (left and x - x0 < self.band) or (top and y - y0 < self.band) or (right and x1 - x <= self.band) or (bottom and y1 - y <= self.band)
             if inside and not near:
-                kept.append(((tile, index), nucleus))
+                kept.append(nucleus)
             elif inside or outside < self.band:
                 self.keys.append((tile, index))
                 self.nuclei.append(nucleus)
                 self.outside.append(0.0 if inside else outside)
         return kept
 
-    def resolve(self) -> List[Tuple[Key, Nucleus]]:
-        """One nucleus per group of overlapping candidates of different tiles, with its key; the candidates are
+    def resolve(self) -> List[Nucleus]:
+        """One nucleus per group of overlapping candidates of different tiles, in tile order; the candidates are
         cleared."""
         if not self.nuclei:
             return []
@@ -106,4 +106,4 @@ class BorderNuclei:
                 continue  # seen by one tile only, outside its core: another tile's, or none's as before
             kept.append((self.keys[best], self.nuclei[best]))
         self.keys, self.nuclei, self.outside = [], [], []
-        return kept
+        return [nucleus for _, nucleus in sorted(kept, key=lambda item: item[0])]

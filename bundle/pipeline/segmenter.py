@@ -48,6 +48,7 @@ from bundle.pipeline.borders import BorderNuclei, Edges
 from bundle.pipeline.check import check_output_dir, list_inputs, output_names
 from bundle.pipeline.inferers import context_inferer
 from bundle.pipeline.measure import Nucleus, density_per_mm2, measure_nuclei
+from bundle.pipeline.nucleus_table import NucleusTable
 from bundle.pipeline.predict import TilePredictor
 from bundle.pipeline.report import RunReport
 from bundle.pipeline.runtimes import CONVERTING_RUNTIMES, network_for_runtime, resolve_bf16, resolve_runtime
@@ -67,11 +68,11 @@ def peak_rss_mb() -> float:
 
 
 class RegionResult:
-    """The nuclei of a region and what it cost: tiles processed and skipped, network windows skipped inside the
-    processed tiles, model pixels processed."""
+    """The nuclei of a region (on disk, ``nuclei[k]`` has id k + 1; close it when done) and what it cost: tiles
+    processed and skipped, network windows skipped inside the processed tiles, model pixels processed."""
 
     def __init__(self) -> None:
-        self.nuclei: List[Nucleus] = []
+        self.nuclei = NucleusTable()
         self.tiles = self.processed = self.skipped = self.windows_skipped = self.processed_px = 0
 
 
@@ -324,19 +325,14 @@ class NucleusSegmenter:
         progress = tqdm(total=len(windows), desc=source.path.name, unit="tile", disable=not self.progress, leave=False)
         skipped_before = self.predictor.windows_skipped
         borders = BorderNuclei(BORDER_BAND / scale)
-        kept = []
         for tile, (window, nuclei) in enumerate(self._run_tiles(source, windows)):
-            kept += borders.sort(tile, nuclei, window.owned, window.edges)
+            result.nuclei.extend(borders.sort(tile, nuclei, window.owned, window.edges))
             result.processed += 1
             result.processed_px += (window.core[2] - window.core[0]) * (window.core[3] - window.core[1])
             progress.update()
         progress.close()
-        kept += borders.resolve()
-        kept.sort(key=lambda item: item[0])  # tile order; nearly sorted already
-        result.nuclei = [nucleus for _, nucleus in kept]
+        result.nuclei.extend(borders.resolve())  # the nuclei on shared tile edges, numbered last
         result.windows_skipped = self.predictor.windows_skipped - skipped_before
-        for i, n in enumerate(result.nuclei, start=1):
-            n.id = i
         return result
 
     def _read_tile(self, source: Any, window: "TileWindow") -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
@@ -422,17 +418,18 @@ class NucleusSegmenter:
         thumb, tissue, thumb_down = self.find_tissue(source)
         prompts = self.resolve_organ(organ)
         region = self.segment_region(source, tissue=tissue, tissue_down=thumb_down, organ=prompts)
-        nuclei = region.nuclei
         name = name or source.path.stem
         out = Path(output_dir) / name
-        out.mkdir(parents=True, exist_ok=True)
         mask = np.zeros((source.height, source.width), np.uint8) if source.width * source.height <= self.max_mask_pixels else None
-        files = {
-            "instances": write_instances(out / f"{name}_instances.tif", nuclei, source.width, source.height, source.mpp, mask),
-            "geojson": write_geojson(out / f"{name}.geojson", nuclei),
-            "csv": write_csv(out / f"{name}_nuclei.csv", nuclei),
-            "overlay": write_overlay(out / f"{name}_overlay.png", thumb, thumb_down, tissue, nuclei),
-        }
+        with region.nuclei as nuclei:
+            count = len(nuclei)
+            out.mkdir(parents=True, exist_ok=True)
+            files = {
+                "instances": write_instances(out / f"{name}_instances.tif", nuclei, source.width, source.height, source.mpp, mask),
+                "geojson": write_geojson(out / f"{name}.geojson", nuclei),
+                "csv": write_csv(out / f"{name}_nuclei.csv", nuclei),
+                "overlay": write_overlay(out / f"{name}_overlay.png", thumb, thumb_down, tissue, nuclei),
+            }
         if mask is not None:
             files["mask"] = write_mask_png(out / f"{name}_seg.png", mask)
         seconds = time.perf_counter() - t0
@@ -447,9 +444,9 @@ class NucleusSegmenter:
             "mpp_source": source.mpp_source,
             "model_mpp": self.model_mpp,
             "conversion": source.conversion,
-            "nucleus_count": len(nuclei),
+            "nucleus_count": count,
             "tissue_area_mm2": round(tissue_um2 * 1e-6, 6),
-            "nuclei_per_mm2_tissue": round(density_per_mm2(len(nuclei), tissue_um2), 2) if tissue_um2 > 0 else None,
+            "nuclei_per_mm2_tissue": round(density_per_mm2(count, tissue_um2), 2) if tissue_um2 > 0 else None,
             "tiles": region.tiles,
             "tiles_processed": region.processed,
             "tiles_skipped_background": region.skipped,
@@ -468,10 +465,10 @@ class NucleusSegmenter:
             "prompts": prompts,
             "files": {k: str(v) for k, v in files.items()},
         }
-        if not nuclei:
+        if not count:
             summary["message"] = "no tissue detected" if not tissue.any() else "tissue detected but no nuclei found"
         (out / f"{name}_summary.json").write_text(json.dumps(summary, indent=2))
-        logger.info("%s: %d nuclei, %d/%d tiles, %.1f s -> %s", source.path, len(nuclei), region.processed, region.tiles, seconds, out)
+        logger.info("%s: %d nuclei, %d/%d tiles, %.1f s -> %s", source.path, count, region.processed, region.tiles, seconds, out)
         return summary
 
     # -- a batch --------------------------------------------------------------------------------------------------

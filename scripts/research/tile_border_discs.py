@@ -5,7 +5,8 @@
 A ``side`` x ``side`` pink image holds dark discs of 8 model pixels radius on a jittered grid (30 model pixels
 apart, seed 0); a stand-in network (nucleus where the image is dark) runs through :class:`NucleusSegmenter` in
 tiles of 512 model pixels at each ``--mpp``. Printed per resolution: discs, nuclei found, discs found twice, discs
-lost, tiles, the largest centroid error (px) and the time. ``--border_band 0`` turns off the matching across tile
+lost, tiles, the largest centroid error (px), the time and the process's peak memory so far (run one ``--mpp``
+per process to compare memory). ``--border_band 0`` turns off the matching across tile
 edges (:class:`bundle.pipeline.borders.BorderNuclei`), which gives the nuclei of 0.7.4.
 """
 
@@ -60,7 +61,8 @@ def count_discs(side: int, mpp: float, seed: int = 0) -> str:
             found = np.array([[float(r["centroid_x"]), float(r["centroid_y"])] for r in csv.DictReader(f)])
     distance, nearest = cKDTree(centres + 0.5).query(found)  # pixel centres
     twice, lost = len(nearest) - len(set(nearest)), len(centres) - len(set(nearest))
-    return f"{mpp:>6} | {len(centres):>6} | {len(found):>6} | {twice:>5} | {lost:>4} | {summary['tiles']:>5} | {distance.max():.2f} | {seconds:.1f}"
+    return (f"{mpp:>6} | {len(centres):>6} | {len(found):>6} | {twice:>5} | {lost:>4} | {summary['tiles']:>5} | {distance.max():.2f} | "
+            f"{seconds:.1f} | {summary['peak_rss_mb']:.0f}")
 
 
 def main() -> None:
@@ -71,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     segmenter_module.BORDER_BAND = args.border_band
     print(f"border band {args.border_band} model px, image {args.side} x {args.side}")
-    print("   mpp |  discs |  found | twice | lost | tiles | max error px | seconds")
+    print("   mpp |  discs |  found | twice | lost | tiles | max error px | seconds | peak RSS MB (process, so far)")
     for mpp in args.mpp:
         print(count_discs(args.side, mpp), flush=True)
 

@@ -183,17 +183,18 @@ class NucleusPolygonInfer(_NucleusTask):
         box = self._box(source, request)
         _, tissue, thumb_down = segmenter.find_tissue(source)  # windows of glass are skipped, as everywhere
         t_read = time.time()
-        nuclei = segmenter.segment_region(source, box, tissue, thumb_down, request.get("organ")).nuclei
-        t_infer = time.time()
-        origin = np.asarray(request.get(REGION_ORIGIN) or (0, 0))  # pixels sent as an array: where they lie
-        annotation = {
-            "location": [int(box[0] + origin[0]), int(box[1] + origin[1])],
-            "size": [box[2] - box[0], box[3] - box[1]],
-            "elements": [{"label": LABEL, "contours": [np.round(n.polygon + origin).astype(int).tolist()]} for n in nuclei],
-            "labels": {LABEL: list(LABEL_COLOUR)},
-        }
+        with segmenter.segment_region(source, box, tissue, thumb_down, request.get("organ")).nuclei as nuclei:
+            t_infer = time.time()
+            origin = np.asarray(request.get(REGION_ORIGIN) or (0, 0))  # pixels sent as an array: where they lie
+            annotation = {
+                "location": [int(box[0] + origin[0]), int(box[1] + origin[1])],
+                "size": [box[2] - box[0], box[3] - box[1]],
+                "elements": [{"label": LABEL, "contours": [np.round(n.polygon + origin).astype(int).tolist()]} for n in nuclei],
+                "labels": {LABEL: list(LABEL_COLOUR)},
+            }
+            count = len(nuclei)
         latencies = {"pre": round(t_read - start, 2), "infer": round(t_infer - t_read, 2), "post": 0.0, "total": round(time.time() - start, 2)}
-        result = {"annotation": annotation, "nucleus_count": len(nuclei), "latencies": latencies}
+        result = {"annotation": annotation, "nucleus_count": count, "latencies": latencies}
         data = {
             "result": result, "output": request.get("output", "dsa"), "model": request.get("model"),
             "description": self.description, "location": annotation["location"], "size": annotation["size"],

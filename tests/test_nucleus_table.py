@@ -1,0 +1,62 @@
+"""The nuclei of a region on disk (bundle.pipeline.nucleus_table)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bundle.io.writers import write_csv, write_instances
+from bundle.pipeline import nucleus_table
+from bundle.pipeline.measure import Nucleus
+from bundle.pipeline.nucleus_table import NucleusTable
+
+
+def nucleus(k: int) -> Nucleus:
+    """A k-sided polygon around (10 k, 5 k) with measures derived from k."""
+    angles = np.linspace(0, 2 * np.pi, 3 + k % 7, endpoint=False)
+    polygon = np.stack([10 * k + 4 * np.cos(angles), 5 * k + 4 * np.sin(angles)], axis=1).astype(np.float32)
+    return Nucleus(polygon, (10.0 * k, 5.0 * k), 1.5 * k, 2.5 * k, 3.5 * k, 0.01 * k, 1.0 / (k + 1), 0.001 * k)
+
+
+@pytest.mark.parametrize("count, chunk", [(0, 4), (3, 4), (4, 4), (11, 4)])
+def test_table_gives_back_what_was_appended(count, chunk, monkeypatch):
+    monkeypatch.setattr(nucleus_table, "CHUNK", chunk)
+    expected = [nucleus(k) for k in range(count)]
+    with NucleusTable() as table:
+        table.extend(expected[: count // 2])
+        assert len(table) == count // 2
+        table.extend(expected[count // 2 :])  # appending after a read
+        folder = table.folder
+        assert len(table) == count
+        for k, (got, want) in enumerate(zip(table, expected)):
+            assert got.id == k + 1 and np.array_equal(got.polygon, want.polygon)
+            assert (got.centroid, got.area_um2, got.solidity) == (want.centroid, want.area_um2, want.solidity)
+        if count:
+            assert table[-1].id == count and np.array_equal(table[count - 1].polygon, expected[-1].polygon)
+            assert table.boxes().shape == (count, 4)
+            np.testing.assert_allclose(table.boxes()[0], [*expected[0].polygon.min(0), *expected[0].polygon.max(0)])
+        with pytest.raises(IndexError):
+            table[count]
+    assert not folder.exists() and len(table) == 0, "closing removes the files"
+
+
+def test_writers_give_the_same_files_from_a_table_and_a_list(tmp_path):
+    nuclei = [nucleus(k) for k in range(1, 40)]
+    for k, n in enumerate(nuclei, start=1):
+        n.id = k
+    with NucleusTable() as table:
+        table.extend(nuclei)
+        write_csv(tmp_path / "table.csv", table)
+        write_instances(tmp_path / "table.tif", table, 700, 300, 0.25)
+    write_csv(tmp_path / "list.csv", nuclei)
+    write_instances(tmp_path / "list.tif", nuclei, 700, 300, 0.25)
+    assert (tmp_path / "table.csv").read_bytes() == (tmp_path / "list.csv").read_bytes()
+    assert (tmp_path / "table.tif").read_bytes() == (tmp_path / "list.tif").read_bytes()
+
+
+def test_a_dropped_table_removes_its_files():
+    table = NucleusTable()
+    table.append(nucleus(1))
+    folder = table.folder
+    del table
+    assert not folder.exists()
