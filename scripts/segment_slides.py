@@ -97,7 +97,8 @@ def report_cohort(result) -> int:
             print(f"failed: {record['reason']}", file=sys.stderr)
     if result.report is not None:
         r = result.report
-        print(f"cohort: {r['counts']}, {r['nucleus_count']} nuclei, {r['wall_seconds']} s -> {Path(r['output_dir']) / 'cohort.csv'}")
+        summary = r.get("summary_error") or Path(r["output_dir"]) / "cohort.csv"
+        print(f"cohort: {r['counts']}, {r['nucleus_count']} nuclei, {r['wall_seconds']} s -> {summary}")
     return result.exit_status
 
 

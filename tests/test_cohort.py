@@ -226,6 +226,7 @@ def test_a_full_disk_for_progress_and_summary_loses_no_slide(segmenter, tmp_path
     assert again.exit_status == 2 and "No space left on device" in again.report["summary_error"]
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [f"error: {again.report['summary_error']}"]
     assert [r["status"] for r in again.records] == ["already_complete"] * 2
+    assert not list(out.glob(".cohort*")), "no temporary summary file left"
 
 
 def test_runner_resumes_and_reports_failures(segmenter, tmp_path):

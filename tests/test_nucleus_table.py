@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,6 +14,7 @@ from bundle.io.writers import write_csv, write_instances
 from bundle.pipeline import nucleus_table
 from bundle.pipeline.measure import Nucleus
 from bundle.pipeline.nucleus_table import NucleusTable
+from tests.helpers import ROOT
 
 
 def nucleus(k: int) -> Nucleus:
@@ -60,3 +66,50 @@ def test_a_dropped_table_removes_its_files():
     folder = table.folder
     del table
     assert not folder.exists()
+
+
+def test_a_killed_process_leaves_a_folder_the_next_table_removes(tmp_path):
+    """A process killed while it holds a table (SIGKILL: no clean-up runs) leaves its folder; the next table made in
+    the same place removes it, and leaves the folders of live processes alone."""
+    script = (
+        "import os, signal, sys; sys.path.insert(0, os.getcwd())\n"
+        "from bundle.pipeline.nucleus_table import NucleusTable\n"
+        f"t = NucleusTable({str(tmp_path)!r}); t._flush(); print(t.folder, flush=True); os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    left = Path(done.stdout.strip())
+    assert done.returncode == -signal.SIGKILL and left.is_dir() and left.parent == tmp_path
+    with NucleusTable(tmp_path) as mine:
+        assert not left.exists(), "the killed process's folder is removed"
+        with NucleusTable(tmp_path) as other:
+            assert mine.folder.exists() and other.folder.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_table_that_cannot_be_written_names_its_folder(tmp_path):
+    table = NucleusTable(tmp_path)
+    table.append(nucleus(1))
+    (table.folder / "vertices.f32").mkdir()  # a write into it fails as a full disk would
+    with pytest.raises(OSError, match=f"cannot hold the nuclei in {table.folder}"):
+        table._flush()
+    table.close()
+
+
+@pytest.mark.parametrize(
+    "box, tiles",
+    [
+        ((10, 10, 20, 20), [0]),
+        ((500, 10, 520, 20), [0, 1]),  # across a tile edge
+        ((1025, 290, 1100, 400), [2]),  # partly off the plane's right edge
+        ((-50, -50, -1, -1), []),  # wholly off the plane
+        ((2e12, 2e12, 2e12 + 9, 2e12 + 9), []),  # far off: no int32 wrap-around into the plane
+    ],
+)
+def test_tile_index_finds_the_tiles_a_box_meets(box, tiles):
+    from bundle.io.writers import _tile_index
+
+    x0, y0, x1, y1 = box
+    polygon = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
+    indices, starts = _tile_index([Nucleus(polygon, (x0, y0), 1.0, 1.0, 1.0, 0.0, 1.0, 0.0)], 1030, 300)
+    assert len(starts) == 3 + 1 and [t for t in range(3) if starts[t + 1] > starts[t]] == tiles
+    assert list(indices) == [0] * len(tiles)

@@ -258,6 +258,7 @@ def test_slide_outputs_agree(segmenter, tmp_path):
     glass = np.full((512, 256, 3), WHITE, np.uint8)
     path = write_slide(tmp_path / "slide.tif", np.concatenate([mosaic(), glass], axis=1), mpp=0.25, levels=2)
     segmenter.segment(path, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["slide"], "the nuclei's working folder is gone"
     summary, geo, rows, labels = read_outputs(tmp_path / "out", "slide")
     n = summary["nucleus_count"]
     assert n > 15, "the crop holds dozens of nuclei"

@@ -28,6 +28,7 @@ LABEL_CASES = [
     (np.array([[0, 3, 3, 5, 5]], np.uint16), 2),  # instance ids kept (touching)
     (np.zeros((1, 4, 4), np.uint8), 0),  # channel-first, empty
     (_class_map(), 6),  # 0/128/255 class map: connected components of its non-zero pixels, not 2 "ids"
+    (_class_map()[:, :4], 1),  # one nucleus of it
 ]
 
 KIND_CASES = [
@@ -36,6 +37,9 @@ KIND_CASES = [
     (np.array([[0, 1, 0, 2, 0, 3]], np.uint16), "instances"),
     (_class_map(), "classes"),
     (np.array([[1, 0, 1, 0, 1, 0, 2, 0, 2, 0, 2]], np.uint8), "classes"),  # two values, three regions each
+    (_class_map()[:, :4], "classes"),  # one nucleus: a 255 centre inside a 128 ring
+    (_class_map()[:, :8], "classes"),  # two nuclei
+    (np.array([[0, 0, 0, 0], [0, 3, 3, 0], [0, 3, 5, 5]], np.uint16), "instances"),  # touching, each at the background
 ]
 
 

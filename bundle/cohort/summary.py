@@ -78,8 +78,8 @@ def write_summary(
         "not_processed": [r["slide"] for r in rows if r["status"] == "not_processed"],
         "exit_status": EXIT_OK if counts["written"] + counts["already_complete"] == len(rows) else EXIT_SKIPPED,
     }
+    tmp = output_dir / f".cohort.csv.{os.getpid()}.tmp"
     try:
-        tmp = output_dir / f".cohort.csv.{os.getpid()}.tmp"
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COHORT_COLUMNS)
             writer.writeheader()
@@ -89,4 +89,6 @@ def write_summary(
     except OSError as e:
         report.update(summary_error=f"{e.filename or output_dir}: cannot write the cohort summary ({e.strerror or e})", exit_status=EXIT_SKIPPED)
         logger.error("error: %s", report["summary_error"])
+        for partial in (tmp, output_dir / f".cohort.json.{os.getpid()}.tmp"):
+            partial.unlink(missing_ok=True)
     return report

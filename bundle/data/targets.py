@@ -17,11 +17,13 @@ from bundle.pipeline.split import as_2d
 __all__ = ["MASK_KINDS", "mask_kind", "instance_labels", "normalized_distance", "NucleusTargetsd"]
 MASK_KINDS = ("binary", "instances", "classes")
 REGIONS_PER_INSTANCE = 2.0  # an instance map has about one region per id (MoNuSeg: at most 1.02); a class map many
+FEW_IDS = 3  # up to this many ids, a region enclosed by others (no background around it) marks a class map
 
 
 def mask_kind(mask: Any) -> str:
     """What a mask's values mean: ``"binary"`` (one foreground value), ``"instances"`` (one id per nucleus) or
-    ``"classes"`` (a few values, each covering many separate regions: nucleus classes, or 0/128/255 borders).
+    ``"classes"`` (a few values, each covering many separate regions: nucleus classes, or 0/128/255 borders; with
+    at most :data:`FEW_IDS` values, also a region that lies inside others, such as a centre inside its ring).
 
     Args:
         mask: (H, W) or (1, H, W) integer or boolean mask; 0 is background.
@@ -34,8 +36,19 @@ def mask_kind(mask: Any) -> str:
     ids = ids[ids != 0]
     if len(ids) <= 1:
         return "binary"
-    regions = measure.label(m, background=0, connectivity=2).max()  # regions of one value, 8-connected
-    return "classes" if regions > REGIONS_PER_INSTANCE * len(ids) else "instances"
+    regions = measure.label(m, background=0, connectivity=2)  # regions of one value, 8-connected
+    if regions.max() > REGIONS_PER_INSTANCE * len(ids):
+        return "classes"
+    if len(ids) <= FEW_IDS and _some_region_enclosed(m, regions):
+        return "classes"  # a centre inside a border ring: one or two nuclei of a 0/128/255 map
+    return "instances"
+
+
+def _some_region_enclosed(mask: np.ndarray, regions: np.ndarray) -> bool:
+    """Whether a region of ``regions`` touches no background (the image's edge counts as background)."""
+    background = np.pad(mask == 0, 1, constant_values=True)
+    near = ndimage.binary_dilation(background, structure=np.ones((3, 3), bool))[1:-1, 1:-1]
+    return len(np.unique(regions[near & (regions > 0)])) < regions.max()
 
 
 def instance_labels(mask: Any) -> np.ndarray:

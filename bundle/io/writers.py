@@ -125,12 +125,12 @@ def _tile_index(nuclei: Sequence[Nucleus], width: int, height: int) -> Tuple[np.
     """The nuclei whose box meets each ``LABEL_TILE`` tile of a ``width`` x ``height`` plane: (indices, starts),
     where tile t (row-major) holds ``indices[starts[t]:starts[t + 1]]``, in increasing order. Arrays, not lists:
     4 bytes per nucleus and tile it meets, about 60 while they are made."""
-    boxes = np.floor(_outline_boxes(nuclei)).astype(np.int64)  # level-0 pixels, so int32 below is exact
     columns, rows = math.ceil(width / LABEL_TILE), math.ceil(height / LABEL_TILE)
-    tx0 = np.clip(boxes[:, 0] // LABEL_TILE, 0, None).astype(np.int32)
-    ty0 = np.clip(boxes[:, 1] // LABEL_TILE, 0, None).astype(np.int32)
-    tx1 = (np.minimum(width - 1, boxes[:, 2]) // LABEL_TILE).astype(np.int32)
-    ty1 = (np.minimum(height - 1, boxes[:, 3]) // LABEL_TILE).astype(np.int32)
+    boxes = np.floor(_outline_boxes(nuclei).astype(np.float64))
+    tx0 = np.clip(boxes[:, 0] // LABEL_TILE, 0, columns).astype(np.int32)  # clipped first: no wrap-around below
+    ty0 = np.clip(boxes[:, 1] // LABEL_TILE, 0, rows).astype(np.int32)
+    tx1 = np.clip(np.minimum(width - 1, boxes[:, 2]) // LABEL_TILE, -1, columns - 1).astype(np.int32)
+    ty1 = np.clip(np.minimum(height - 1, boxes[:, 3]) // LABEL_TILE, -1, rows - 1).astype(np.int32)
     del boxes
     across, down = np.maximum(tx1 - tx0 + 1, 0), np.maximum(ty1 - ty0 + 1, 0)
     counts = across * down

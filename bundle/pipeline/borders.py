@@ -73,9 +73,9 @@ class BorderNuclei:
         cleared."""
         if not self.nuclei:
             return []
-        polygons = np.array([shapely.Polygon(n.polygon) for n in self.nuclei], dtype=object)
+        polygons = np.array([shapely.Polygon(n.polygon) if len(n.polygon) >= 3 else shapely.Polygon() for n in self.nuclei], dtype=object)
         invalid = ~shapely.is_valid(polygons)
-        polygons[invalid] = shapely.make_valid(polygons[invalid])
+        polygons[invalid] = shapely.make_valid(polygons[invalid])  # an empty polygon (under 3 vertices) matches none
         group = list(range(len(polygons)))
 
         def root(i: int) -> int:
@@ -90,7 +90,8 @@ class BorderNuclei:
         if len(a):
             overlap = shapely.area(shapely.intersection(polygons[a], polygons[b]))
             union = shapely.area(polygons[a]) + shapely.area(polygons[b]) - overlap
-            for i, j in zip(a[overlap >= self.min_iou * union], b[overlap >= self.min_iou * union]):
+            same = (overlap >= self.min_iou * union) & (union > 0)
+            for i, j in zip(a[same], b[same]):
                 group[root(int(j))] = root(int(i))
         members: Dict[int, List[int]] = {}
         for i in range(len(polygons)):

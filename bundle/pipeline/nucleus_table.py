@@ -1,7 +1,8 @@
 """The nuclei of a region, kept on disk while it is segmented: memory stays bounded however many nuclei a slide has.
 
 A 40x slide holds one to a few million nuclei; as Python objects (outline and measures) each takes about 0.7 KB,
-so a list of them grows to gigabytes. :class:`NucleusTable` appends them to two files in a temporary folder
+so a list of them grows to gigabytes. :class:`NucleusTable` appends them to two files in a temporary folder (in the
+output folder when the segmenter writes files)
 (outlines as float32 vertices, measures as one fixed-size record each) in chunks of :data:`CHUNK`, and reads
 them back by index or in order through memory maps, which the operating system pages in and out. The writers
 (:mod:`bundle.io.writers`) take it as any sequence of :class:`~bundle.pipeline.measure.Nucleus`.
@@ -9,6 +10,7 @@ them back by index or in order through memory maps, which the operating system p
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import weakref
@@ -19,7 +21,8 @@ import numpy as np
 
 from bundle.pipeline.measure import Nucleus
 
-__all__ = ["CHUNK", "RECORD", "NucleusTable"]
+__all__ = ["CHUNK", "PREFIX", "RECORD", "NucleusTable", "remove_stale_tables"]
+PREFIX = ".nuclei-"  # the table folders are named .nuclei-<pid>-<random>
 CHUNK = 4096  # nuclei held in memory before they are appended to the files
 RECORD = np.dtype([
     ("start", "<i8"), ("count", "<i4"), ("cx", "<f8"), ("cy", "<f8"), ("area_um2", "<f8"), ("area_px", "<f8"),
@@ -32,17 +35,22 @@ class NucleusTable(Sequence[Nucleus]):
     """An append-only sequence of nuclei on disk; ``table[k]`` is the nucleus with ``id`` k + 1.
 
     Args:
-        folder: where the temporary folder goes (None: the system's temporary folder).
+        folder: where its temporary folder ``.nuclei-<pid>-<random>`` goes (None: the system's temporary folder);
+            the segmenter puts it in the output folder, on the disk the outputs go to.
 
-    The folder is removed by :meth:`close` (or ``with``), or when the table is garbage-collected.
+    The folder is removed by :meth:`close` (or ``with``), or when the table is garbage-collected; a folder that a
+    killed process left in ``folder`` is removed by the next table made there.
+
+    Raises:
+        OSError: the folder cannot be made or written (its ``filename`` names it).
     """
 
     def __init__(self, folder: Optional[Union[str, Path]] = None):
-        self.folder = Path(tempfile.mkdtemp(prefix="grunet-nuclei-", dir=folder))
+        if folder is not None:
+            remove_stale_tables(Path(folder))
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=folder))
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.folder, True)
         self._records_file, self._vertices_file = self.folder / "records.bin", self.folder / "vertices.f32"
-        self._records_file.touch()
-        self._vertices_file.touch()
         self._pending: List[Nucleus] = []
         self._written = 0  # nuclei in the files
         self._vertices = 0  # vertices in the files
@@ -110,10 +118,13 @@ class NucleusTable(Sequence[Nucleus]):
             records[name] = [getattr(n, name) for n in self._pending]
         records["cx"], records["cy"] = zip(*(n.centroid for n in self._pending))
         records["box"] = [np.concatenate([p.min(0), p.max(0)]) if len(p) else (0, 0, 0, 0) for p in polygons]
-        with open(self._vertices_file, "ab") as f:
-            np.concatenate(polygons).astype("<f4").tofile(f)
-        with open(self._records_file, "ab") as f:
-            records.tofile(f)
+        try:
+            with open(self._vertices_file, "ab") as f:
+                np.concatenate(polygons).astype("<f4").tofile(f)
+            with open(self._records_file, "ab") as f:
+                records.tofile(f)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot hold the nuclei in {self.folder}: {e.strerror or e}", str(self.folder)) from e
         self._written += len(records)
         self._vertices += int(counts.sum())
         self._pending, self._maps = [], None
@@ -126,9 +137,30 @@ class NucleusTable(Sequence[Nucleus]):
                 self._maps = (np.zeros(0, RECORD), np.zeros((0, 2), np.float32))
             else:
                 records = np.memmap(self._records_file, RECORD, "r", shape=(self._written,))
-                vertices = np.memmap(self._vertices_file, "<f4", "r", shape=(self._vertices, 2))
+                vertices = np.memmap(self._vertices_file, "<f4", "r", shape=(self._vertices, 2)) if self._vertices else np.zeros((0, 2), np.float32)
                 self._maps = (records, vertices)
         return self._maps
+
+
+def remove_stale_tables(folder: Path) -> None:
+    """Remove the table folders in ``folder`` whose process is gone (killed before it could remove them)."""
+    for stale in folder.glob(f"{PREFIX}*"):
+        try:
+            pid = int(stale.name[len(PREFIX):].split("-")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _nucleus(record: np.void, vertices: np.ndarray, nucleus_id: int) -> Nucleus:

@@ -71,8 +71,8 @@ class RegionResult:
     """The nuclei of a region (on disk, ``nuclei[k]`` has id k + 1; close it when done) and what it cost: tiles
     processed and skipped, network windows skipped inside the processed tiles, model pixels processed."""
 
-    def __init__(self) -> None:
-        self.nuclei = NucleusTable()
+    def __init__(self, spill_dir: Optional[Union[str, os.PathLike]] = None) -> None:
+        self.nuclei = NucleusTable(spill_dir)
         self.tiles = self.processed = self.skipped = self.windows_skipped = self.processed_px = 0
 
 
@@ -278,6 +278,7 @@ class NucleusSegmenter:
         tissue: Optional[np.ndarray] = None,
         tissue_down: float = 1.0,
         organ: Optional[str] = None,
+        spill_dir: Optional[Union[str, os.PathLike]] = None,
     ) -> RegionResult:
         """The nuclei of a level-0 box of an open source (the whole of it by default), tile by tile.
 
@@ -287,6 +288,8 @@ class NucleusSegmenter:
             tissue: bool tissue mask of the source's thumbnail; tiles without tissue are skipped (None: none are).
             tissue_down: level-0 pixels per thumbnail pixel.
             organ: the tissue's organ, for the network's prompts (see :meth:`resolve_organ`).
+            spill_dir: an existing folder where the nuclei are kept until they are written (see
+                :class:`~bundle.pipeline.nucleus_table.NucleusTable`; None: the system's temporary folder).
 
         Raises:
             InputError: the region is smaller than :data:`MIN_SIDE` model pixels.
@@ -300,7 +303,7 @@ class NucleusSegmenter:
                 f"{source.path}: {mw} x {mh} pixels at the model's {self.model_mpp} um/px is below the minimum of {MIN_SIDE} pixels a side"
             )
         grid = TileGrid(mw, mh, self.tile_size, self.margin)
-        result = RegionResult()
+        result = RegionResult(spill_dir)
         result.tiles = len(grid)
         windows: List[TileWindow] = []
         for core, read in grid:
@@ -417,7 +420,8 @@ class NucleusSegmenter:
         source = open_source(path, mpp, default_mpp=self.model_mpp, max_pixels=self.max_image_pixels)
         thumb, tissue, thumb_down = self.find_tissue(source)
         prompts = self.resolve_organ(organ)
-        region = self.segment_region(source, tissue=tissue, tissue_down=thumb_down, organ=prompts)
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        region = self.segment_region(source, tissue=tissue, tissue_down=thumb_down, organ=prompts, spill_dir=output_dir)
         name = name or source.path.stem
         out = Path(output_dir) / name
         mask = np.zeros((source.height, source.width), np.uint8) if source.width * source.height <= self.max_mask_pixels else None
