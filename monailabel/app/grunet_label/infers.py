@@ -183,7 +183,7 @@ class NucleusPolygonInfer(_NucleusTask):
         box = self._box(source, request)
         _, tissue, thumb_down = segmenter.find_tissue(source)  # windows of glass are skipped, as everywhere
         t_read = time.time()
-        with segmenter.segment_region(source, box, tissue, thumb_down, request.get("organ")).nuclei as nuclei:
+        with segmenter.segment_region(source, box, tissue, thumb_down, request.get("organ"), spill_dir=tmp).nuclei as nuclei:
             t_infer = time.time()
             origin = np.asarray(request.get(REGION_ORIGIN) or (0, 0))  # pixels sent as an array: where they lie
             annotation = {
