@@ -66,16 +66,17 @@ class ProgressLog:
     Args:
         work: the cohort's working folder (``<output_dir>/_cohort``).
         ranks: this process's place in the job.
+        slides: how many slides the rank has.
     """
 
-    def __init__(self, work: Path, ranks: Ranks):
+    def __init__(self, work: Path, ranks: Ranks, slides: int):
         self.status_file, self.records_file = work / f"rank{ranks.rank}.json", work / f"rank{ranks.rank}.jsonl"
         self.progress = {"rank": ranks.rank, "world_size": ranks.world_size, "host": socket.gethostname(), "pid": os.getpid(),
-                         "slides": 0, "done": 0, "failed": 0, "current": None, "started": time.time()}
+                         "slides": slides, "done": 0, "failed": 0, "current": None, "started": time.time()}
         self.failed_write: Optional[str] = None
 
-    def start(self, slide: CohortSlide, slides: int) -> None:
-        self.progress.update(current=str(slide.path), slides=slides)
+    def start(self, slide: CohortSlide) -> None:
+        self.progress["current"] = str(slide.path)
         self._write(lambda: write_json_atomic(self.status_file, self.progress))
 
     def finish(self, record: Dict[str, Any]) -> None:
@@ -175,10 +176,10 @@ class CohortRunner:
     def _run_share(self, store: SlideStore, slides: List[CohortSlide], ranks: Ranks) -> List[Dict[str, Any]]:
         """Process this rank's slides in turn; one record per slide, returned and appended to
         ``_cohort/rank<k>.jsonl`` (with the rank's progress in ``_cohort/rank<k>.json``) for whoever watches the run."""
-        progress_log = ProgressLog(store.work, ranks)
+        progress_log = ProgressLog(store.work, ranks, len(slides))
         records = []
         for index, slide in enumerate(slides, start=1):
-            progress_log.start(slide, len(slides))
+            progress_log.start(slide)
             record = self._run_slide(store, slide, ranks.rank)
             records.append(record)
             progress_log.finish(record)

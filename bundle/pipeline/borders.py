@@ -85,7 +85,8 @@ class BorderNuclei:
             return i
 
         a, b = shapely.STRtree(polygons).query(polygons, predicate="intersects")
-        pairs = (a < b) & (np.array([k[0] for k in self.keys])[a] != np.array([k[0] for k in self.keys])[b])
+        tiles = np.array([tile for tile, _ in self.keys])
+        pairs = (a < b) & (tiles[a] != tiles[b])
         a, b = a[pairs], b[pairs]
         if len(a):
             overlap = shapely.area(shapely.intersection(polygons[a], polygons[b]))

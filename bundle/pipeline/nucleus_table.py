@@ -2,9 +2,9 @@
 
 A 40x slide holds one to a few million nuclei; as Python objects (outline and measures) each takes about 0.7 KB,
 so a list of them grows to gigabytes. :class:`NucleusTable` appends them to two files in a temporary folder (in the
-output folder when the segmenter writes files)
-(outlines as float32 vertices, measures as one fixed-size record each) in chunks of :data:`CHUNK`, and reads
-them back by index or in order through memory maps, which the operating system pages in and out. The writers
+output folder when the segmenter writes files): outlines as float32 vertices, measures as one fixed-size record
+each, in chunks of :data:`CHUNK`. It reads them back by index or in order through memory maps, which the operating
+system pages in and out. The writers
 (:mod:`bundle.io.writers`) take it as any sequence of :class:`~bundle.pipeline.measure.Nucleus`.
 """
 
