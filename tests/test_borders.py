@@ -10,45 +10,73 @@ from bundle.pipeline.measure import Nucleus
 
 LEFT_CORE, RIGHT_CORE = (0.0, 0.0, 100.0, 100.0), (100.0, 0.0, 200.0, 100.0)  # two tiles sharing the edge x = 100
 LEFT_EDGES, RIGHT_EDGES = (False, False, True, False), (True, False, False, False)
+ONE_ROW = [0.0]
 
 
-def square(cx: float, cy: float, half: float = 4.0) -> Nucleus:
-    polygon = np.array([[cx - half, cy - half], [cx + half, cy - half], [cx + half, cy + half], [cx - half, cy + half]], np.float32)
-    return Nucleus(polygon, (cx, cy), 1.0, 64.0, 32.0, 0.0, 1.0, 0.1)
+def box(x0: float, x1: float, y0: float = 46.0, y1: float = 54.0) -> Nucleus:
+    """A rectangular nucleus from x0 to x1 and y0 to y1 (level-0 pixels), its centroid at the centre."""
+    polygon = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
+    return Nucleus(polygon, ((x0 + x1) / 2, (y0 + y1) / 2), 1.0, (x1 - x0) * (y1 - y0), 2 * (x1 - x0 + y1 - y0), 0.0, 1.0, 0.1)
+
+
+def square(cx: float, half: float = 4.0) -> Nucleus:
+    return box(cx - half, cx + half)
+
+
+def run(left, right, reach: float = 8.0):
+    """Sort one tile's nuclei left of x = 100 and another's right of it, then settle: the nuclei kept, as
+    (tile, x0, x1) in output order."""
+    borders = BorderNuclei(reach, ONE_ROW)
+    kept = [(0, n) for n in borders.sort(0, left, LEFT_CORE, LEFT_EDGES)]
+    kept += [(1, n) for n in borders.sort(1, right, RIGHT_CORE, RIGHT_EDGES)]
+    settled = borders.resolve()
+    tiles = {id(n): tile for tile, n in [(0, n) for n in left] + [(1, n) for n in right]}
+    kept += [(tiles[id(n)], n) for n in settled]
+    assert borders.resolve() == [], "settled candidates are cleared"
+    return [(tile, round(float(n.polygon[:, 0].min()), 3), round(float(n.polygon[:, 0].max()), 3)) for tile, n in kept]
 
 
 CASES = [
-    # (centroid x seen by the left tile or None, by the right tile or None, centroid x of the nucleus kept)
-    (99.7, 100.2, [99.7]),  # each tile holds its own centroid: kept once, by the first
-    (100.3, 99.8, [99.8]),  # neither holds its centroid: kept once, by the tile whose core is nearer
-    (99.0, None, [99.0]),  # seen by one tile, inside its core
-    (None, 99.5, []),  # seen by one tile, outside its core: the other tile's (skipped, or split otherwise)
-    (50.0, None, [50.0]),  # far from the border: kept at once
+    # (the left tile's nuclei, the right tile's, the nuclei kept as (tile, x0, x1))
+    ([square(99.7)], [square(100.2)], [(0, 95.7, 103.7)]),  # one nucleus, both centroids in their own cores: once
+    ([square(100.3)], [square(99.8)], [(1, 95.8, 103.8)]),  # neither tile holds its centroid: once, by the nearer
+    ([square(99.0)], [], [(0, 95.0, 103.0)]),  # seen by one tile, inside its core
+    ([], [square(99.5)], []),  # seen by one tile, outside its core: the other tile's (skipped there)
+    ([square(50.0)], [], [(0, 46.0, 54.0)]),  # far from the border: kept at once
+    # split differently: one nucleus in the left tile, two in the right; the group's centroid is in the left core
+    ([box(92, 106)], [box(92, 100), box(100, 106)], [(0, 92.0, 106.0)]),
+    # the same the other way round: the right tile's one nucleus, centroid in its core
+    ([box(94, 100), box(100, 108)], [box(94, 108)], [(1, 94.0, 108.0)]),
+    # by centroids alone the left piece would be lost (the whole nucleus's centroid is in the right core, the left
+    # piece's in the left core): the right tile's two pieces are kept
+    ([box(94, 108)], [box(94, 100), box(100, 108)], [(1, 94.0, 100.0), (1, 100.0, 108.0)]),
+    # two different nuclei that touch across the border stay two
+    ([box(96, 100)], [box(100, 104)], [(0, 96.0, 100.0), (1, 100.0, 104.0)]),
 ]
 
 
-@pytest.mark.parametrize("left_x, right_x, expected", CASES)
-def test_border_nuclei_kept_once(left_x, right_x, expected):
-    borders = BorderNuclei(band=2.0)
-    kept = []
-    if left_x is not None:
-        kept += borders.sort(0, [square(left_x, 50.0)], LEFT_CORE, LEFT_EDGES)
-    if right_x is not None:
-        kept += borders.sort(1, [square(right_x, 50.0)], RIGHT_CORE, RIGHT_EDGES)
-    kept += borders.resolve()
-    assert [nucleus.centroid[0] for nucleus in kept] == expected
-    assert borders.resolve() == [], "resolved candidates are cleared"
+@pytest.mark.parametrize("left, right, expected", CASES)
+def test_border_nuclei_kept_once(left, right, expected):
+    assert run(left, right) == expected
 
 
-def test_touching_nuclei_of_two_tiles_stay_two():
-    """Two different nuclei on either side of the border, both candidates, that touch: not merged (IoU 0)."""
-    borders = BorderNuclei(band=4.0)
-    kept = borders.sort(0, [square(98.0, 50.0, 2.0)], LEFT_CORE, LEFT_EDGES)
-    kept += borders.sort(1, [square(102.0, 50.0, 2.0)], RIGHT_CORE, RIGHT_EDGES)
-    kept += borders.resolve()
-    assert sorted(n.centroid[0] for n in kept) == [98.0, 102.0]
+def test_groups_wait_for_the_row_below():
+    """Candidates are settled once the row of tiles below their lowest point has been sorted: a nucleus near a
+    border within row 0 when row 2 starts, a nucleus on the border between rows 0 and 1 (seen by both, so
+    reaching into row 1) at the end."""
+    top, middle = (0.0, 0.0, 100.0, 100.0), (0.0, 100.0, 100.0, 200.0)
+    borders = BorderNuclei(4.0, [0.0, 100.0, 200.0])
+    near_right = box(95, 99, 20, 28)
+    assert borders.sort(0, [box(40, 48, 96, 104), near_right], top, (False, False, True, True)) == []
+    assert borders.resolve(1) == [], "row 1 can still see both"
+    assert borders.sort(1, [box(40, 48, 95.6, 103.6)], middle, (False, True, False, True)) == []
+    assert borders.resolve(2) == [near_right]
+    kept = borders.resolve()
+    assert [(n.polygon[0, 0], n.polygon[0, 1]) for n in kept] == [(40.0, 96.0)], "kept once, by the upper tile (it holds the group's centroid)"
 
 
 def test_border_nuclei_checks_arguments():
-    with pytest.raises(ValueError, match="band >= 0"):
-        BorderNuclei(band=-1.0)
+    with pytest.raises(ValueError, match="reach >= 0"):
+        BorderNuclei(reach=-1.0, row_starts=ONE_ROW)
+    with pytest.raises(ValueError, match="min_overlap"):
+        BorderNuclei(reach=1.0, row_starts=ONE_ROW, min_overlap=0.0)

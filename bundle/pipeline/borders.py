@@ -1,18 +1,28 @@
-"""Nuclei on the borders between tiles: each kept once, by one tile.
+"""Nuclei on the borders between tiles: each stretch of tissue kept once, as one tile split it.
 
-A tile keeps the nuclei whose centroid lies in its core. Two neighbouring tiles predict a nucleus on their common
-border each on its own pixels; where the tiles are resampled (a slide read at a scale that is not a whole number
-of pixels, such as 0.2527 um/px to the model's 0.25), the two centroids differ by up to half a pixel, and a nucleus
-within that distance of the border could be kept by both tiles or by neither. So the nuclei within ``band``
-pixels of a border shared with another tile, on either side of it, are set aside as candidates; at the end of the
-region, candidates of different tiles whose outlines overlap (IoU >= ``min_iou``) are one nucleus, which is kept
-once: by a tile that holds its centroid, else (both centroids just outside their own cores) by the tile whose core
-is nearest. A candidate that no other tile saw is kept when its own tile holds its centroid, as without this.
+A tile keeps the nuclei whose centroid lies in its core. Two neighbouring tiles predict the nuclei on their common
+border each on its own pixels, so they can disagree: where the tiles are resampled (a slide read at a scale that is
+not a whole number of pixels, such as 0.2527 um/px to the model's 0.25) the two centroids of one nucleus differ by
+up to half a pixel, and a nucleus can be split differently (one nucleus in one tile, two in the other). Deciding
+by centroid alone, such a nucleus can be kept twice (both versions, overlapping) or partly lost.
+
+So a tile measures the nuclei whose centroid lies up to ``reach`` pixels beyond the borders it shares with other
+tiles, and those whose outline comes within twice that of such a border, from either side, are candidates. Candidates of different tiles whose outlines overlap (by at least ``min_overlap`` of
+the smaller outline) are linked; each group of linked candidates is one stretch of tissue seen by several tiles,
+and it is kept as one tile saw it: the tile whose core holds the group's centroid (the centroid of the union of
+its outlines), else the nearest of the tiles that saw it. A candidate no other tile saw is kept when its own tile
+holds its centroid, as without this.
+
+Tiles come row by row. A group waits until every tile that could hold a part of it has been sorted, the row below
+its lowest point included: with the row being started, :meth:`BorderNuclei.resolve` settles the groups that end
+above the row before it, so at most three rows of candidates are held at a time.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+import bisect
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import shapely
@@ -21,61 +31,89 @@ from bundle.pipeline.measure import Nucleus
 
 __all__ = ["Edges", "BorderNuclei"]
 
+Core = Tuple[float, float, float, float]  # (x0, y0, x1, y1) level-0 box a tile owns
 Edges = Tuple[bool, bool, bool, bool]  # (left, top, right, bottom): whether another tile lies beyond that edge
 Key = Tuple[int, int]  # (tile index, nucleus index in the tile)
 
 
+def _distance_to_box(x: float, y: float, box: Core) -> float:
+    """Euclidean distance from the point (x, y) to the box (x0, y0, x1, y1); 0 inside."""
+    return math.hypot(max(box[0] - x, 0.0, x - box[2]), max(box[1] - y, 0.0, y - box[3]))
+
+
 class BorderNuclei:
-    """Sorts each tile's nuclei into those it keeps and candidates near its shared borders, and resolves the
-    candidates of all tiles at the end (see the module docstring).
+    """Sorts each tile's nuclei into those it keeps and candidates near its shared borders, and settles the
+    candidates row by row (see the module docstring).
 
     Args:
-        band: level-0 pixels on each side of a shared border within which a nucleus is a candidate (> the
-            disagreement between two tiles' centroids of one nucleus, about half a model pixel).
-        min_iou: overlap of two tiles' outlines above which they are one nucleus.
+        reach: level-0 pixels beyond its shared borders up to which a tile measures nuclei (their centroids), about
+            a nucleus's radius; a nucleus whose outline comes within ``2 * reach`` of a shared border, on either
+            side, is a candidate, so that the nuclei another tile measured across the border meet this tile's
+            versions among the candidates.
+        row_starts: level-0 y at which each row of tiles begins, ascending.
+        min_overlap: share of the smaller outline two candidates of different tiles must overlap to be linked.
     """
 
-    def __init__(self, band: float, min_iou: float = 0.5):
-        if band < 0 or not 0 < min_iou <= 1:
-            raise ValueError(f"need band >= 0 and 0 < min_iou <= 1, got {band}, {min_iou}")
-        self.band, self.min_iou = float(band), float(min_iou)
+    def __init__(self, reach: float, row_starts: Sequence[float], min_overlap: float = 0.2):
+        if reach < 0 or not 0 < min_overlap <= 1:
+            raise ValueError(f"need reach >= 0 and 0 < min_overlap <= 1, got {reach}, {min_overlap}")
+        self.reach, self.min_overlap = float(reach), float(min_overlap)
+        self.row_starts = [float(y) for y in row_starts]
+        self.cores: Dict[int, Core] = {}
         self.keys: List[Key] = []
         self.nuclei: List[Nucleus] = []
-        self.outside: List[float] = []  # level-0 pixels from a candidate's centroid to its own core (0: inside)
+        self.polygons: List[shapely.Geometry] = []
+        self.inside: List[bool] = []  # whether its own tile's core holds its centroid
+        self.last_row: List[int] = []  # the last row of tiles that can hold a part of its group: the one below it
 
-    def sort(self, tile: int, nuclei: Sequence[Nucleus], core: Tuple[float, float, float, float], edges: Edges) -> List[Nucleus]:
-        """The nuclei a tile keeps for sure; its candidates are held until :meth:`resolve`.
+    def sort(self, tile: int, nuclei: Sequence[Nucleus], core: Core, edges: Edges) -> List[Nucleus]:
+        """The nuclei a tile keeps for sure; its candidates are held until :meth:`resolve`, the rest dropped (they
+        are another tile's).
 
         Args:
             tile: the tile's index (its place in the output order).
-            nuclei: the tile's nuclei whose centroid lies in its core widened by ``band`` across shared edges.
+            nuclei: the tile's nuclei whose centroid lies in its core widened by ``reach`` across shared edges.
             core: the level-0 box (x0, y0, x1, y1) the tile owns.
             edges: which of its edges it shares with another tile.
         """
         x0, y0, x1, y1 = core
         left, top, right, bottom = edges
+        zone = 2 * self.reach
+        self.cores[tile] = core
         kept = []
         for index, nucleus in enumerate(nuclei):
             x, y = nucleus.centroid
-            outside = max(x0 - x, x - x1, y0 - y, y - y1, 0.0)
             inside = x0 <= x < x1 and y0 <= y < y1
-            near = (left and x - x0 < self.band) or (top and y - y0 < self.band) or (right and x1 - x <= self.band) or (bottom and y1 - y <= self.band)
-            if inside and not near:
-                kept.append(nucleus)
-            elif inside or outside < self.band:
-                self.keys.append((tile, index))
-                self.nuclei.append(nucleus)
-                self.outside.append(0.0 if inside else outside)
+            if len(nucleus.polygon) == 0:
+                if inside:
+                    kept.append(nucleus)
+                continue
+            (bx0, by0), (bx1, by1) = nucleus.polygon.min(axis=0), nucleus.polygon.max(axis=0)
+            near = (left and bx0 < x0 + zone) or (top and by0 < y0 + zone) or (right and bx1 > x1 - zone) or (bottom and by1 > y1 - zone)
+            if not near:
+                if inside:
+                    kept.append(nucleus)
+                continue
+            polygon = shapely.Polygon(nucleus.polygon) if len(nucleus.polygon) >= 3 else shapely.Polygon()
+            self.keys.append((tile, index))
+            self.nuclei.append(nucleus)
+            self.polygons.append(polygon if polygon.is_valid else shapely.make_valid(polygon))
+            self.inside.append(inside)
+            # the tiles of the row below its lowest point can still see a part of its group
+            self.last_row.append(bisect.bisect_right(self.row_starts, float(by1)))
         return kept
 
-    def resolve(self) -> List[Nucleus]:
-        """One nucleus per group of overlapping candidates of different tiles, in tile order; the candidates are
-        cleared."""
+    def resolve(self, row: Optional[int] = None) -> List[Nucleus]:
+        """The nuclei to keep of the groups that lie wholly above tile row ``row`` (None: all groups), in tile
+        order; their candidates are cleared, the others wait.
+
+        Args:
+            row: the row of tiles about to be sorted; every tile above it must have been sorted.
+        """
         if not self.nuclei:
             return []
-        polygons = np.array([shapely.Polygon(n.polygon) if len(n.polygon) >= 3 else shapely.Polygon() for n in self.nuclei], dtype=object)
-        invalid = ~shapely.is_valid(polygons)
-        polygons[invalid] = shapely.make_valid(polygons[invalid])  # an empty polygon (under 3 vertices) matches none
+        polygons = np.empty(len(self.polygons), dtype=object)
+        polygons[:] = self.polygons
         group = list(range(len(polygons)))
 
         def root(i: int) -> int:
@@ -90,22 +128,34 @@ class BorderNuclei:
         a, b = a[pairs], b[pairs]
         if len(a):
             overlap = shapely.area(shapely.intersection(polygons[a], polygons[b]))
-            union = shapely.area(polygons[a]) + shapely.area(polygons[b]) - overlap
-            same = (overlap >= self.min_iou * union) & (union > 0)
-            for i, j in zip(a[same], b[same]):
+            smaller = np.minimum(shapely.area(polygons[a]), shapely.area(polygons[b]))
+            linked = (overlap >= self.min_overlap * smaller) & (smaller > 0)
+            for i, j in zip(a[linked], b[linked]):
                 group[root(int(j))] = root(int(i))
         members: Dict[int, List[int]] = {}
         for i in range(len(polygons)):
             members.setdefault(root(i), []).append(i)
-        kept = []
+        kept, waiting = [], []
         for found in members.values():
-            inside = [i for i in found if self.outside[i] == 0.0]
-            if inside:
-                best = min(inside, key=lambda i: self.keys[i])  # the first tile that holds its centroid
-            elif len(found) > 1:
-                best = min(found, key=lambda i: (self.outside[i], self.keys[i]))  # seen by several, held by none
+            if row is not None and max(self.last_row[i] for i in found) >= row:
+                waiting.extend(found)
             else:
-                continue  # seen by one tile only, outside its core: another tile's, or none's as before
-            kept.append((self.keys[best], self.nuclei[best]))
-        self.keys, self.nuclei, self.outside = [], [], []
+                kept.extend(self._settle(found, polygons))
+        waiting.sort()
+        self.keys = [self.keys[i] for i in waiting]
+        self.nuclei = [self.nuclei[i] for i in waiting]
+        self.polygons = [self.polygons[i] for i in waiting]
+        self.inside = [self.inside[i] for i in waiting]
+        self.last_row = [self.last_row[i] for i in waiting]
         return [nucleus for _, nucleus in sorted(kept, key=lambda item: item[0])]
+
+    def _settle(self, found: List[int], polygons: np.ndarray) -> List[Tuple[Key, Nucleus]]:
+        """The members of one group to keep: all of one tile's, or, seen by one tile only, those whose centroid
+        its core holds."""
+        tiles = sorted({self.keys[i][0] for i in found})
+        if len(tiles) == 1:
+            return [(self.keys[i], self.nuclei[i]) for i in found if self.inside[i]]
+        centre = shapely.centroid(shapely.union_all(polygons[found]))
+        x, y = (centre.x, centre.y) if not centre.is_empty else self.nuclei[found[0]].centroid
+        owner = min(tiles, key=lambda tile: (_distance_to_box(x, y, self.cores[tile]), tile))
+        return [(self.keys[i], self.nuclei[i]) for i in found if self.keys[i][0] == owner]

@@ -13,8 +13,9 @@ Stages, one module each:
 - predict: :class:`bundle.pipeline.predict.TilePredictor` on tiles of :class:`bundle.pipeline.tiles.TileGrid`;
 - split: :class:`bundle.pipeline.split.InstanceSplitter` (h-maxima markers on the distance head, watershed);
 - measure: :func:`bundle.pipeline.measure.measure_nuclei`, each nucleus kept by the one tile whose core holds
-  its centroid, so nuclei across tile borders are neither duplicated nor cut (the margin exceeds a nucleus); a
-  nucleus within :data:`BORDER_BAND` pixels of a shared border is kept once by :class:`bundle.pipeline.borders.BorderNuclei`;
+  its centroid, so nuclei across tile borders are neither duplicated nor cut (the margin exceeds a nucleus); the
+  nuclei within :data:`BORDER_REACH` pixels of a shared border are matched across it by
+  :class:`bundle.pipeline.borders.BorderNuclei`, so that each is kept once, as one tile split it;
 - write: :mod:`bundle.io.writers` and the per-input summary; ``report.json`` (:mod:`bundle.pipeline.report`).
 """
 
@@ -59,7 +60,7 @@ from bundle.training.checkpoints import load_state_dict
 __all__ = ["NucleusSegmenter", "RegionResult", "peak_rss_mb"]
 logger = logging.getLogger(__name__)
 MIN_SIDE = 16  # pixels at model resolution: smaller inputs are refused (smaller than a few nuclei)
-BORDER_BAND = 2.0  # model pixels each side of a border between tiles where a nucleus is checked against the other tile
+BORDER_REACH = 32.0  # model pixels each side of a border between tiles where nuclei are matched against the other tile's (at most half the margin)
 
 
 def peak_rss_mb() -> float:
@@ -81,7 +82,7 @@ class TileWindow:
     """One tile to segment: its core (model pixels of the region), the level-0 window read around it
     (x0, y0, x1, y1), the size that window is read at (model pixels, (h, w)), the level-0 pixels per read pixel
     (x, y; the model's scale up to the rounding of ``out_shape``), the core in the read tile's pixel indices
-    (row0, col0, row1, col1), widened by :data:`BORDER_BAND` across shared edges, within which its nuclei are
+    (row0, col0, row1, col1), widened by :data:`BORDER_REACH` across shared edges, within which its nuclei are
     measured, the level-0 box (x0, y0, x1, y1) it owns, and which of its edges (left, top, right, bottom) it shares
     with another tile (see :class:`bundle.pipeline.borders.BorderNuclei`)."""
 
@@ -306,6 +307,7 @@ class NucleusSegmenter:
         result = RegionResult(spill_dir)
         result.tiles = len(grid)
         windows: List[TileWindow] = []
+        reach = min(BORDER_REACH, self.margin / 2)  # nuclei further out are cut by the read window
         for core, read in grid:
             if tissue is not None and not self._has_tissue(tissue, core, (x0, y0), scale, tissue_down):
                 result.skipped += 1
@@ -318,8 +320,8 @@ class NucleusSegmenter:
             # nucleus is kept where its centroid (pixel index + 0.5) falls inside the core
             cx0, cy0, cx1, cy1 = (x0 + core[0] / scale, y0 + core[1] / scale, x0 + core[2] / scale, y0 + core[3] / scale)
             edges = (core[0] > 0, core[1] > 0, core[2] < mw, core[3] < mh)
-            keep = ((cy0 - ly0) / py - 0.5 - BORDER_BAND * edges[1], (cx0 - lx0) / px - 0.5 - BORDER_BAND * edges[0],
-                    (cy1 - ly0) / py - 0.5 + BORDER_BAND * edges[3], (cx1 - lx0) / px - 0.5 + BORDER_BAND * edges[2])
+            keep = ((cy0 - ly0) / py - 0.5 - reach * edges[1], (cx0 - lx0) / px - 0.5 - reach * edges[0],
+                    (cy1 - ly0) / py - 0.5 + reach * edges[3], (cx1 - lx0) / px - 0.5 + reach * edges[2])
             windows.append(TileWindow(core, (lx0, ly0, lx1, ly1), out_shape, keep, (px, py), (cx0, cy0, cx1, cy1), edges))
         self.predictor.network = self._runner(self.resolve_organ(organ))
         self._tissue_windows = None
@@ -327,14 +329,18 @@ class NucleusSegmenter:
             self._tissue_windows = TissueWindows(tissue, tissue_down, scale, max(self.patch_size) // 2)
         progress = tqdm(total=len(windows), desc=source.path.name, unit="tile", disable=not self.progress, leave=False)
         skipped_before = self.predictor.windows_skipped
-        borders = BorderNuclei(BORDER_BAND / scale)
+        borders = BorderNuclei(reach / scale, [y0 + top / scale for top in range(0, mh, self.tile_size)])
+        row = 0
         for tile, (window, nuclei) in enumerate(self._run_tiles(source, windows)):
+            if window.core[1] // self.tile_size != row:
+                row = window.core[1] // self.tile_size
+                result.nuclei.extend(borders.resolve(row))  # the groups on the borders above this row
             result.nuclei.extend(borders.sort(tile, nuclei, window.owned, window.edges))
             result.processed += 1
             result.processed_px += (window.core[2] - window.core[0]) * (window.core[3] - window.core[1])
             progress.update()
         progress.close()
-        result.nuclei.extend(borders.resolve())  # the nuclei on shared tile edges, numbered last
+        result.nuclei.extend(borders.resolve())
         result.windows_skipped = self.predictor.windows_skipped - skipped_before
         return result
 

@@ -1,13 +1,12 @@
 """Nuclei on tile borders: synthetic discs segmented in resampled tiles, counted once, twice or not at all.
 
-    python scripts/research/tile_border_discs.py --side 3000 --mpp 0.2527 0.3 0.25 [--border_band 0]
+    python scripts/research/tile_border_discs.py --side 3000 --mpp 0.2527 0.3 0.25
 
 A ``side`` x ``side`` pink image holds dark discs of 8 model pixels radius on a jittered grid (30 model pixels
 apart, seed 0); a stand-in network (nucleus where the image is dark) runs through :class:`NucleusSegmenter` in
 tiles of 512 model pixels at each ``--mpp``. Printed per resolution: discs, nuclei found, discs found twice, discs
 lost, tiles, the largest centroid error (px), the time and the process's peak memory so far (run one ``--mpp``
-per process to compare memory). ``--border_band 0`` turns off the matching across tile
-edges (:class:`bundle.pipeline.borders.BorderNuclei`), which gives the nuclei of 0.7.4.
+per process to compare memory). To compare with an earlier version, run this file in a git worktree of it.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from skimage.draw import disk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import bundle.pipeline.segmenter as segmenter_module  # noqa: E402
 from monai.inferers import SlidingWindowInferer  # noqa: E402
 from bundle.pipeline.segmenter import NucleusSegmenter  # noqa: E402
 from bundle.pipeline.split import InstanceSplitter  # noqa: E402
@@ -69,10 +67,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=3000, help="image side in pixels")
     parser.add_argument("--mpp", type=float, nargs="+", default=[0.2527, 0.3, 0.25], help="resolutions to read the image at")
-    parser.add_argument("--border_band", type=float, default=segmenter_module.BORDER_BAND, help="model pixels; 0 turns the matching off")
     args = parser.parse_args()
-    segmenter_module.BORDER_BAND = args.border_band
-    print(f"border band {args.border_band} model px, image {args.side} x {args.side}")
+    print(f"image {args.side} x {args.side}")
     print("   mpp |  discs |  found | twice | lost | tiles | max error px | seconds | peak RSS MB (process, so far)")
     for mpp in args.mpp:
         print(count_discs(args.side, mpp), flush=True)
