@@ -1,6 +1,6 @@
 """Tiled against untiled: the nuclei of a slide segmented in tiles, compared with one tile over the whole slide.
 
-    python scripts/research/tile_agreement.py ../shared/data/wsi/CMU-1-Small-Region.svs [--variant compact]
+    python scripts/research/tile_agreement.py ../shared/data/wsi/CMU-1-Small-Region.svs [--variant compact] [--sw_overlap 0.25]
 
 The slide is segmented twice by the same segmenter (``configs/inference.json``): in its tiles, then as one tile
 as large as the slide (the network's windows are the same size; only the tiling differs). Nuclei are matched by
@@ -72,8 +72,10 @@ def main() -> None:
     parser.add_argument("slide")
     parser.add_argument("--variant", default="compact")
     parser.add_argument("--near", type=float, default=64.0, help="model pixels from a border between tiles")
+    parser.add_argument("--sw_overlap", type=float, default=None, help="overlap of the network's windows (default: the config's)")
     args = parser.parse_args()
-    segmenter = load_config("inference", variant=args.variant).get_parsed_content("segmenter")
+    overrides = {} if args.sw_overlap is None else {"sw_overlap": args.sw_overlap}
+    segmenter = load_config("inference", overrides=overrides, variant=args.variant).get_parsed_content("segmenter")
     segmenter.progress = False
     source = open_source(args.slide)
     width, height, scale = source.width, source.height, source.mpp / segmenter.model_mpp
