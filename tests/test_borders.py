@@ -50,6 +50,9 @@ CASES = [
     # by centroids alone the left piece would be lost (the whole nucleus's centroid is in the right core, the left
     # piece's in the left core): the right tile's two pieces are kept
     ([box(94, 108)], [box(94, 100), box(100, 108)], [(1, 94.0, 100.0), (1, 100.0, 108.0)]),
+    # a chain split differently (left: c1c2, c3c4; right: c2c3, c4c5), owned by the right tile, which did not measure
+    # c1: the left tile's c1c2, its centroid in its core and half of it outside the right tile's outlines, is kept
+    ([box(80, 96), box(96, 112)], [box(88, 104), box(104, 124)], [(0, 80.0, 96.0), (1, 88.0, 104.0), (1, 104.0, 124.0)]),
     # two different nuclei that touch across the border stay two
     ([box(96, 100)], [box(100, 104)], [(0, 96.0, 100.0), (1, 100.0, 104.0)]),
 ]

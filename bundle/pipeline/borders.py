@@ -1,4 +1,4 @@
-"""Nuclei on the borders between tiles: each stretch of tissue kept once, as one tile split it.
+"""Nuclei on the borders between tiles: each stretch of tissue kept as one tile split it.
 
 A tile keeps the nuclei whose centroid lies in its core. Two neighbouring tiles predict the nuclei on their common
 border each on its own pixels, so they can disagree: where the tiles are resampled (a slide read at a scale that is
@@ -7,15 +7,20 @@ up to half a pixel, and a nucleus can be split differently (one nucleus in one t
 by centroid alone, such a nucleus can be kept twice (both versions, overlapping) or partly lost.
 
 So a tile measures the nuclei whose centroid lies up to ``reach`` pixels beyond the borders it shares with other
-tiles, and those whose outline comes within twice that of such a border, from either side, are candidates. Candidates of different tiles whose outlines overlap (by at least ``min_overlap`` of
-the smaller outline) are linked; each group of linked candidates is one stretch of tissue seen by several tiles,
-and it is kept as one tile saw it: the tile whose core holds the group's centroid (the centroid of the union of
-its outlines), else the nearest of the tiles that saw it. A candidate no other tile saw is kept when its own tile
-holds its centroid, as without this.
+tiles, and those whose outline comes within twice that of such a border, from either side, are candidates.
+Candidates of different tiles whose outlines overlap (by at least ``min_overlap`` of the smaller outline) are
+linked; each group of linked candidates is one stretch of tissue seen by several tiles, and it is kept as one tile
+saw it. The other tiles' members are dropped, except those whose centroid their own core holds and which the kept
+outlines cover at most half of (a chain of nuclei split differently can reach further from the border than the
+owner measured): they are kept too, overlapping by at most half. The owner is the tile whose choice leaves the
+least such overlap, then the one whose core holds the group's centroid (the centroid of the union of its
+outlines), else the nearest. A candidate no other tile saw is kept when its own tile holds its centroid, as
+without this. A nucleus that reaches more than about ``reach`` from its centroid across a border (over twice
+``reach`` long) can still be kept in part twice.
 
 Tiles come row by row. A group waits until every tile that could hold a part of it has been sorted, the row below
 its lowest point included: with the row being started, :meth:`BorderNuclei.resolve` settles the groups that end
-above the row before it, so at most three rows of candidates are held at a time.
+above the row before it, so usually three rows of candidates are held at a time.
 """
 
 from __future__ import annotations
@@ -99,13 +104,15 @@ class BorderNuclei:
             self.nuclei.append(nucleus)
             self.polygons.append(polygon if polygon.is_valid else shapely.make_valid(polygon))
             self.inside.append(inside)
-            # the tiles of the row below its lowest point can still see a part of its group
-            self.last_row.append(bisect.bisect_right(self.row_starts, float(by1)))
+            # the last row whose tiles can still see a part of its group: the row below its lowest point, or, for
+            # tiles under 2 x reach high, the last whose nuclei (measured up to reach above it) can reach it
+            below = bisect.bisect_right(self.row_starts, float(by1))
+            self.last_row.append(max(below, bisect.bisect_right(self.row_starts, float(by1) + 2 * self.reach) - 1))
         return kept
 
     def resolve(self, row: Optional[int] = None) -> List[Nucleus]:
-        """The nuclei to keep of the groups that lie wholly above tile row ``row`` (None: all groups), in tile
-        order; their candidates are cleared, the others wait.
+        """The nuclei to keep of the groups that no tile of row ``row`` or below can see any more (those that end
+        above row ``row - 1``; None: all groups), in tile order; their candidates are cleared, the others wait.
 
         Args:
             row: the row of tiles about to be sorted; every tile above it must have been sorted.
@@ -150,12 +157,24 @@ class BorderNuclei:
         return [nucleus for _, nucleus in sorted(kept, key=lambda item: item[0])]
 
     def _settle(self, found: List[int], polygons: np.ndarray) -> List[Tuple[Key, Nucleus]]:
-        """The members of one group to keep: all of one tile's, or, seen by one tile only, those whose centroid
-        its core holds."""
+        """The members of one group to keep. Seen by one tile: those whose centroid its core holds. Seen by
+        several: all of one tile's (the owner's), and those of the others whose centroid their own core holds and
+        at most half of which the owner's outlines cover (the owner measured only the nuclei near the border, so a
+        group that reaches further, a chain of nuclei split differently, would otherwise lose them). The owner is
+        the tile whose choice leaves the least overlap between the kept outlines, then the one whose core holds
+        (or is nearest to) the group's centroid."""
         tiles = sorted({self.keys[i][0] for i in found})
         if len(tiles) == 1:
             return [(self.keys[i], self.nuclei[i]) for i in found if self.inside[i]]
         centre = shapely.centroid(shapely.union_all(polygons[found]))
         x, y = (centre.x, centre.y) if not centre.is_empty else self.nuclei[found[0]].centroid
-        owner = min(tiles, key=lambda tile: (_distance_to_box(x, y, self.cores[tile]), tile))
-        return [(self.keys[i], self.nuclei[i]) for i in found if self.keys[i][0] == owner]
+        choices = []
+        for owner in tiles:
+            keep = [i for i in found if self.keys[i][0] == owner]
+            others = [i for i in found if self.keys[i][0] != owner and self.inside[i]]
+            covered = shapely.area(shapely.intersection(polygons[others], shapely.union_all(polygons[keep]))) if others else []
+            extra = [(i, area) for i, area in zip(others, covered) if area <= 0.5 * polygons[i].area]
+            overlap = sum(area for _, area in extra)
+            choices.append(((overlap, _distance_to_box(x, y, self.cores[owner]), owner), keep + [i for i, _ in extra]))
+        keep = min(choices)[1]
+        return [(self.keys[i], self.nuclei[i]) for i in keep]

@@ -60,7 +60,7 @@ from bundle.training.checkpoints import load_state_dict
 __all__ = ["NucleusSegmenter", "RegionResult", "peak_rss_mb"]
 logger = logging.getLogger(__name__)
 MIN_SIDE = 16  # pixels at model resolution: smaller inputs are refused (smaller than a few nuclei)
-BORDER_REACH = 32.0  # model pixels each side of a border between tiles where nuclei are matched against the other tile's (at most half the margin)
+BORDER_REACH = 32.0  # model pixels beyond a border between tiles up to which a tile measures nuclei (at most half the margin); see BorderNuclei
 
 
 def peak_rss_mb() -> float:

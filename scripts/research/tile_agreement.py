@@ -5,8 +5,8 @@
 The slide is segmented twice by the same segmenter (``configs/inference.json``): in its tiles, then as one tile
 as large as the slide (the network's windows are the same size; only the tiling differs). Nuclei are matched by
 outline, IoU >= 0.5. Printed, for the nuclei within ``--near`` model pixels of a border between tiles and for the
-others: the untiled nuclei, the share the tiled run matches, the tiled nuclei without a match, and the pairs of
-tiled nuclei that overlap (by more than 20% of the smaller outline: kept twice, by two tiles). Far from the
+others: the untiled nuclei, the share the tiled run matches, those it lost (no tiled outline overlaps them at
+all), the tiled nuclei without a match, and the pairs of tiled nuclei that overlap (by more than 20% of the smaller outline: kept twice, by two tiles). Far from the
 borders the two runs differ only where the windows fall differently; near them the tiles' borders add their
 own differences, which this measures.
 """
@@ -42,6 +42,15 @@ def matched(query: np.ndarray, reference: np.ndarray, min_iou: float = 0.5) -> n
         overlap = shapely.area(shapely.intersection(query[a], reference[b]))
         iou = overlap / (shapely.area(query[a]) + shapely.area(reference[b]) - overlap)
         found[a[iou >= min_iou]] = True
+    return found
+
+
+def touched(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """bool per ``query`` outline: whether any ``reference`` outline overlaps it at all (positive area)."""
+    found = np.zeros(len(query), bool)
+    a, b = shapely.STRtree(reference).query(query, predicate="intersects")
+    if len(a):
+        found[a[shapely.area(shapely.intersection(query[a], reference[b])) > 0]] = True
     return found
 
 
@@ -91,13 +100,14 @@ def main() -> None:
     tiled, untiled = runs["tiled"], runs["untiled"]
     step, near = tile_size / scale, args.near / scale
     untiled_near, tiled_near = (near_borders(p, step, width, height, near) for p in (untiled, tiled))
-    untiled_found, tiled_found = matched(untiled, tiled), matched(tiled, untiled)
+    untiled_found, tiled_found, untiled_touched = matched(untiled, tiled), matched(tiled, untiled), touched(untiled, tiled)
     pairs = overlapping(tiled)
     pair_near = tiled_near[pairs[:, 0]] | tiled_near[pairs[:, 1]] if len(pairs) else np.zeros(0, bool)
     print(f"borders every {step:.1f} level-0 px; near: centroid within {near:.1f} level-0 px ({args.near:g} model px) of one")
-    print("where | untiled nuclei | matched by the tiled run | tiled nuclei | without a match | overlapping pairs (kept twice)")
+    print("where | untiled nuclei | matched by the tiled run | lost | tiled nuclei | without a match | overlapping pairs (kept twice)")
     for label, u, t, p in (("near", untiled_near, tiled_near, pair_near), ("far", ~untiled_near, ~tiled_near, ~pair_near)):
-        print(f"{label:>5} | {u.sum():>14} | {untiled_found[u].mean():.4f} ({untiled_found[u].sum()}) | {t.sum():>12} | "
+        share = untiled_found[u].sum() / max(1, u.sum())
+        print(f"{label:>5} | {u.sum():>14} | {share:.4f} ({untiled_found[u].sum()}) | {(~untiled_touched[u]).sum():>4} | {t.sum():>12} | "
               f"{(~tiled_found[t]).sum():>15} | {p.sum()}")
 
 
