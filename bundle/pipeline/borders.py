@@ -12,9 +12,9 @@ Candidates of different tiles whose outlines overlap (by at least ``min_overlap`
 linked; each group of linked candidates is one stretch of tissue seen by several tiles, and it is kept as one tile
 saw it. The other tiles' members are dropped, except those whose centroid their own core holds and which the kept
 outlines cover at most half of (a chain of nuclei split differently can reach further from the border than the
-owner measured): they are kept too, overlapping by at most half. The owner is the tile whose choice leaves the
-least such overlap, then the one whose core holds the group's centroid (the centroid of the union of its
-outlines), else the nearest. A candidate no other tile saw is kept when its own tile holds its centroid, as
+owner measured): they are kept too, at most half of each covered. The owner is the tile whose choice costs
+least (that overlap, plus the area of the others' nuclei dropped that its outlines do not cover), then the one
+whose core holds the group's centroid (the centroid of the union of its outlines), else the nearest. A candidate no other tile saw is kept when its own tile holds its centroid, as
 without this. A nucleus that reaches more than about ``reach`` from its centroid across a border (over twice
 ``reach`` long) can still be kept in part twice.
 
@@ -161,8 +161,9 @@ class BorderNuclei:
         several: all of one tile's (the owner's), and those of the others whose centroid their own core holds and
         at most half of which the owner's outlines cover (the owner measured only the nuclei near the border, so a
         group that reaches further, a chain of nuclei split differently, would otherwise lose them). The owner is
-        the tile whose choice leaves the least overlap between the kept outlines, then the one whose core holds
-        (or is nearest to) the group's centroid."""
+        the tile whose choice costs least (the overlap of the others' nuclei kept plus the area outside the
+        owner's outlines of those dropped), then the one whose core holds (or is nearest to) the group's
+        centroid."""
         tiles = sorted({self.keys[i][0] for i in found})
         if len(tiles) == 1:
             return [(self.keys[i], self.nuclei[i]) for i in found if self.inside[i]]
@@ -173,8 +174,9 @@ class BorderNuclei:
             keep = [i for i in found if self.keys[i][0] == owner]
             others = [i for i in found if self.keys[i][0] != owner and self.inside[i]]
             covered = shapely.area(shapely.intersection(polygons[others], shapely.union_all(polygons[keep]))) if others else []
-            extra = [(i, area) for i, area in zip(others, covered) if area <= 0.5 * polygons[i].area]
-            overlap = sum(area for _, area in extra)
-            choices.append(((overlap, _distance_to_box(x, y, self.cores[owner]), owner), keep + [i for i, _ in extra]))
+            uncovered = [polygons[i].area - area for i, area in zip(others, covered)]
+            extra = [i for i, area, rest in zip(others, covered, uncovered) if area <= rest]
+            cost = sum(min(area, rest) for area, rest in zip(covered, uncovered))  # overlap kept plus area lost
+            choices.append(((cost, _distance_to_box(x, y, self.cores[owner]), owner), keep + extra))
         keep = min(choices)[1]
         return [(self.keys[i], self.nuclei[i]) for i in keep]
