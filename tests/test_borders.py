@@ -79,6 +79,35 @@ def test_groups_wait_for_the_row_below():
     assert [(n.polygon[0, 0], n.polygon[0, 1]) for n in kept] == [(40.0, 96.0)], "kept once, by the upper tile (it holds the group's centroid)"
 
 
+QUARTERS = [(0.0, 0.0, 100.0, 100.0), (100.0, 0.0, 200.0, 100.0), (0.0, 100.0, 100.0, 200.0), (100.0, 100.0, 200.0, 200.0)]
+QUARTER_EDGES = [(False, False, True, True), (True, False, False, True), (False, True, True, False), (True, True, False, False)]
+CORNER_CASES = [
+    # (each of the four tiles' nuclei as boxes (x0, y0, x1, y1), a true nucleus that must be covered at least half)
+    # two tiles other than the owner saw one nucleus (the first of the top-left and of the top-right tile): one kept
+    ([[(89.0, 89.0, 101.78, 94.41), (101.78, 89.0, 112.84, 94.41)],
+      [(94.99, 89.0, 108.54, 94.41), (108.54, 89.0, 112.84, 100.98), (101.78, 100.98, 112.84, 105.8)],
+      [(101.78, 94.41, 108.54, 105.8)], [(101.78, 94.41, 112.84, 100.98)]], (101.78, 89.0, 108.54, 94.41)),
+    # no tile's version of this nucleus has its centroid in the tile's own core: still kept
+    ([[(97.8, 96.0, 104.37, 104.4)], [], [(97.8, 100.08, 104.37, 108.68)], [(97.8, 89.61, 104.37, 100.08)]], (97.8, 100.08, 104.37, 104.4)),
+]
+
+
+@pytest.mark.parametrize("views, nucleus", CORNER_CASES)
+def test_nuclei_at_a_corner_of_four_tiles(views, nucleus):
+    borders = BorderNuclei(8.0, [0.0, 100.0])
+    nuclei = [[box(x0, x1, y0, y1) for x0, y0, x1, y1 in view] for view in views]
+    kept = borders.sort(0, nuclei[0], QUARTERS[0], QUARTER_EDGES[0]) + borders.sort(1, nuclei[1], QUARTERS[1], QUARTER_EDGES[1])
+    kept += borders.resolve(1)
+    kept += borders.sort(2, nuclei[2], QUARTERS[2], QUARTER_EDGES[2]) + borders.sort(3, nuclei[3], QUARTERS[3], QUARTER_EDGES[3])
+    kept += borders.resolve()
+    outlines = [shapely.Polygon(n.polygon) for n in kept]
+    true = shapely.box(*nucleus)
+    assert shapely.union_all(outlines).intersection(true).area >= 0.5 * true.area, "the nucleus is lost"
+    for i, first in enumerate(outlines):
+        for second in outlines[i + 1 :]:
+            assert first.intersection(second).area <= 0.5 * min(first.area, second.area), "a nucleus kept twice"
+
+
 def random_views(rng: np.random.Generator):
     """A row of touching nuclei across the border x = 100 (widths 3-6 px) and each tile's view of it: runs of one or
     two nuclei merged, drawn for each tile on its own, reported where the tile measures them (centroid within 8 px

@@ -10,11 +10,12 @@ So a tile measures the nuclei whose centroid lies up to ``reach`` pixels beyond 
 tiles, and those whose outline comes within twice that of such a border, from either side, are candidates.
 Candidates of different tiles whose outlines overlap (by at least ``min_overlap`` of the smaller outline) are
 linked; each group of linked candidates is one stretch of tissue seen by several tiles, and it is kept as one tile
-saw it. The other tiles' members are dropped, except those whose centroid their own core holds and which the kept
-outlines cover at most half of (a chain of nuclei split differently can reach further from the border than the
-owner measured): they are kept too, at most half of each covered. The owner is the tile whose choice costs
-least (that overlap, plus the area of the others' nuclei dropped that its outlines do not cover), then the one
-whose core holds the group's centroid (the centroid of the union of its outlines), else the nearest. A candidate no other tile saw is kept when its own tile holds its centroid, as
+(the owner) saw it. The other tiles' members that the owner's outlines cover more than half of are dropped; the
+rest (a chain of nuclei split differently can reach further from the border than the owner measured) are
+regrouped by their links and settled in the same way among the other tiles, so that they are neither lost nor,
+where two other tiles saw them, kept twice. The owner is the tile whose choice costs least (the overlap of the
+others' nuclei left plus the area of those dropped that its outlines do not cover), then the one whose core holds
+the group's centroid (the centroid of the union of its outlines), else the nearest. A candidate no other tile saw is kept when its own tile holds its centroid, as
 without this. A nucleus that reaches more than about ``reach`` from its centroid across a border (over twice
 ``reach`` long) can still be kept in part twice.
 
@@ -133,12 +134,15 @@ class BorderNuclei:
         tiles = np.array([tile for tile, _ in self.keys])
         pairs = (a < b) & (tiles[a] != tiles[b])
         a, b = a[pairs], b[pairs]
+        links: Dict[int, List[int]] = {}
         if len(a):
             overlap = shapely.area(shapely.intersection(polygons[a], polygons[b]))
             smaller = np.minimum(shapely.area(polygons[a]), shapely.area(polygons[b]))
             linked = (overlap >= self.min_overlap * smaller) & (smaller > 0)
-            for i, j in zip(a[linked], b[linked]):
-                group[root(int(j))] = root(int(i))
+            for i, j in zip(a[linked].tolist(), b[linked].tolist()):
+                group[root(j)] = root(i)
+                links.setdefault(i, []).append(j)
+                links.setdefault(j, []).append(i)
         members: Dict[int, List[int]] = {}
         for i in range(len(polygons)):
             members.setdefault(root(i), []).append(i)
@@ -147,7 +151,7 @@ class BorderNuclei:
             if row is not None and max(self.last_row[i] for i in found) >= row:
                 waiting.extend(found)
             else:
-                kept.extend(self._settle(found, polygons))
+                kept.extend(self._settle(found, polygons, links))
         waiting.sort()
         self.keys = [self.keys[i] for i in waiting]
         self.nuclei = [self.nuclei[i] for i in waiting]
@@ -156,27 +160,44 @@ class BorderNuclei:
         self.last_row = [self.last_row[i] for i in waiting]
         return [nucleus for _, nucleus in sorted(kept, key=lambda item: item[0])]
 
-    def _settle(self, found: List[int], polygons: np.ndarray) -> List[Tuple[Key, Nucleus]]:
-        """The members of one group to keep. Seen by one tile: those whose centroid its core holds. Seen by
-        several: all of one tile's (the owner's), and those of the others whose centroid their own core holds and
-        at most half of which the owner's outlines cover (the owner measured only the nuclei near the border, so a
-        group that reaches further, a chain of nuclei split differently, would otherwise lose them). The owner is
-        the tile whose choice costs least (the overlap of the others' nuclei kept plus the area outside the
-        owner's outlines of those dropped), then the one whose core holds (or is nearest to) the group's
-        centroid."""
+    def _settle(self, found: List[int], polygons: np.ndarray, links: Dict[int, List[int]]) -> List[Tuple[Key, Nucleus]]:
+        """The members of one group to keep (``links``: each candidate's linked candidates).
+
+        Seen by one tile: those whose centroid its core holds. Seen by several: all of one tile's (the owner's);
+        the others' that the owner's outlines cover more than half of are dropped, and the rest (the owner
+        measured only the nuclei near the border, so a group that reaches further, a chain of nuclei split
+        differently, would otherwise lose them) are regrouped by their links and settled in the same way without
+        the owner. The owner is the tile whose choice costs least (of the others' nuclei whose centroid their own
+        core holds: the overlap of those left plus the area outside the owner's outlines of those dropped), then
+        the one whose core holds (or is nearest to) the group's centroid.
+        """
         tiles = sorted({self.keys[i][0] for i in found})
         if len(tiles) == 1:
             return [(self.keys[i], self.nuclei[i]) for i in found if self.inside[i]]
         centre = shapely.centroid(shapely.union_all(polygons[found]))
         x, y = (centre.x, centre.y) if not centre.is_empty else self.nuclei[found[0]].centroid
+        scale = max(float(shapely.area(polygons[found]).sum()), 1e-12)
         choices = []
         for owner in tiles:
             keep = [i for i in found if self.keys[i][0] == owner]
-            others = [i for i in found if self.keys[i][0] != owner and self.inside[i]]
-            covered = shapely.area(shapely.intersection(polygons[others], shapely.union_all(polygons[keep]))) if others else []
-            uncovered = [polygons[i].area - area for i, area in zip(others, covered)]
-            extra = [i for i, area, rest in zip(others, covered, uncovered) if area <= rest]
-            cost = sum(min(area, rest) for area, rest in zip(covered, uncovered))  # overlap kept plus area lost
-            choices.append(((cost, _distance_to_box(x, y, self.cores[owner]), owner), keep + extra))
-        keep = min(choices)[1]
-        return [(self.keys[i], self.nuclei[i]) for i in keep]
+            others = [i for i in found if self.keys[i][0] != owner]
+            covered = shapely.area(shapely.intersection(polygons[others], shapely.union_all(polygons[keep])))
+            area = shapely.area(polygons[others])
+            cost = sum(min(c, a - c) for i, c, a in zip(others, covered, area) if self.inside[i])  # overlap left plus area lost
+            left = [i for i, c, a in zip(others, covered, area) if c <= a - c]
+            choices.append(((round(cost / scale, 6), _distance_to_box(x, y, self.cores[owner]), owner), keep, left))
+        _, keep, left = min(choices)
+        settled = [(self.keys[i], self.nuclei[i]) for i in keep]
+        remaining = set(left)
+        while remaining:  # the components of the others' nuclei left, by their links among themselves
+            component, todo = [], [min(remaining)]
+            remaining.discard(todo[0])
+            while todo:
+                i = todo.pop()
+                component.append(i)
+                for j in links.get(i, []):
+                    if j in remaining:
+                        remaining.discard(j)
+                        todo.append(j)
+            settled += self._settle(sorted(component), polygons, links)
+        return settled
