@@ -13,9 +13,10 @@ linked; each group of linked candidates is one stretch of tissue seen by several
 (the owner) saw it. The other tiles' members that the owner's outlines cover more than half of are dropped; the
 rest (a chain of nuclei split differently can reach further from the border than the owner measured) are
 regrouped by their links and settled in the same way among the other tiles, so that they are neither lost nor,
-where two other tiles saw them, kept twice. The owner is the tile whose choice costs least (the overlap of the
-others' nuclei left plus the area of those dropped that its outlines do not cover), then the one whose core holds
-the group's centroid (the centroid of the union of its outlines), else the nearest. A candidate no other tile saw is kept when its own tile holds its centroid, as
+where two other tiles saw them, kept twice. The owner is the tile whose choice costs least (over the others'
+nuclei whose centroid their own core holds: the overlap of those left plus the area of those dropped that its
+outlines do not cover), then the one whose core holds the group's centroid (the centroid of the union of its
+outlines), else the nearest. A candidate no other tile saw is kept when its own tile holds its centroid, as
 without this. A nucleus that reaches more than about ``reach`` from its centroid across a border (over twice
 ``reach`` long) can still be kept in part twice.
 
