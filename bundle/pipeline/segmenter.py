@@ -14,8 +14,8 @@ Stages, one module each:
 - split: :class:`bundle.pipeline.split.InstanceSplitter` (h-maxima markers on the distance head, watershed);
 - measure: :func:`bundle.pipeline.measure.measure_nuclei`, each nucleus kept by the one tile whose core holds
   its centroid, so nuclei across tile borders are neither duplicated nor cut (the margin exceeds a nucleus); the
-  nuclei within :data:`BORDER_REACH` pixels of a shared border are matched across it by
-  :class:`bundle.pipeline.borders.BorderNuclei`, so that each is kept once, as one tile split it;
+  nuclei near a shared border (up to :data:`BORDER_REACH` pixels beyond it, by centroid) are grouped across it
+  by :class:`bundle.pipeline.borders.BorderNuclei`, and each group is kept as one tile split it;
 - write: :mod:`bundle.io.writers` and the per-input summary; ``report.json`` (:mod:`bundle.pipeline.report`).
 """
 
