@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import shapely
@@ -46,6 +46,27 @@ Key = Tuple[int, int]  # (tile index, nucleus index in the tile)
 def _distance_to_box(x: float, y: float, box: Core) -> float:
     """Euclidean distance from the point (x, y) to the box (x0, y0, x1, y1); 0 inside."""
     return math.hypot(max(box[0] - x, 0.0, x - box[2]), max(box[1] - y, 0.0, y - box[3]))
+
+
+def _components(indices: Iterable[int], links: Dict[int, List[int]]) -> List[List[int]]:
+    """The groups of ``indices`` connected by ``links`` (index -> linked indices) within them, each sorted, in
+    the order of their smallest index."""
+    remaining = set(indices)
+    groups = []
+    for start in sorted(remaining):
+        if start not in remaining:
+            continue
+        remaining.discard(start)
+        group, todo = [], [start]
+        while todo:
+            i = todo.pop()
+            group.append(i)
+            for j in links.get(i, []):
+                if j in remaining:
+                    remaining.discard(j)
+                    todo.append(j)
+        groups.append(sorted(group))
+    return groups
 
 
 class BorderNuclei:
@@ -123,14 +144,6 @@ class BorderNuclei:
             return []
         polygons = np.empty(len(self.polygons), dtype=object)
         polygons[:] = self.polygons
-        group = list(range(len(polygons)))
-
-        def root(i: int) -> int:
-            while group[i] != i:
-                group[i] = group[group[i]]
-                i = group[i]
-            return i
-
         a, b = shapely.STRtree(polygons).query(polygons, predicate="intersects")
         tiles = np.array([tile for tile, _ in self.keys])
         pairs = (a < b) & (tiles[a] != tiles[b])
@@ -141,14 +154,10 @@ class BorderNuclei:
             smaller = np.minimum(shapely.area(polygons[a]), shapely.area(polygons[b]))
             linked = (overlap >= self.min_overlap * smaller) & (smaller > 0)
             for i, j in zip(a[linked].tolist(), b[linked].tolist()):
-                group[root(j)] = root(i)
                 links.setdefault(i, []).append(j)
                 links.setdefault(j, []).append(i)
-        members: Dict[int, List[int]] = {}
-        for i in range(len(polygons)):
-            members.setdefault(root(i), []).append(i)
         kept, waiting = [], []
-        for found in members.values():
+        for found in _components(range(len(polygons)), links):
             if row is not None and max(self.last_row[i] for i in found) >= row:
                 waiting.extend(found)
             else:
@@ -189,16 +198,6 @@ class BorderNuclei:
             choices.append(((round(cost / scale, 6), _distance_to_box(x, y, self.cores[owner]), owner), keep, left))
         _, keep, left = min(choices)
         settled = [(self.keys[i], self.nuclei[i]) for i in keep]
-        remaining = set(left)
-        while remaining:  # the components of the others' nuclei left, by their links among themselves
-            component, todo = [], [min(remaining)]
-            remaining.discard(todo[0])
-            while todo:
-                i = todo.pop()
-                component.append(i)
-                for j in links.get(i, []):
-                    if j in remaining:
-                        remaining.discard(j)
-                        todo.append(j)
-            settled += self._settle(sorted(component), polygons, links)
+        for component in _components(left, links):
+            settled += self._settle(component, polygons, links)
         return settled
