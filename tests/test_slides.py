@@ -347,6 +347,48 @@ def test_nuclei_on_tile_borders_are_kept_once(mpp, tmp_path):
     assert len(nearest) == len(set(nearest)) == len(centres), f"{len(found)} found for {len(centres)} discs"
 
 
+@pytest.mark.parametrize("centre_x", [520.0, 600.0, 640.0])  # 8, 88 and 128 px into the tile without tissue
+def test_nucleus_beside_tissue_in_a_tile_without_tissue_is_kept(centre_x, tmp_path):
+    """Two tiles of 512 model pixels, tissue (on the thumbnail) only in the left one, ending 12 px before their
+    common edge; a nucleus whose centroid lies in the right tile, within half a window of that tissue, is found
+    once, as an untiled run finds it (0.7.6 skipped the right tile and lost it)."""
+    from monai.inferers import SlidingWindowInferer
+    from bundle.pipeline.split import InstanceSplitter
+
+    image = np.empty((512, 1024, 3), np.uint8)
+    image[:] = (230, 170, 200)
+    image[disk((256, centre_x), 8, shape=image.shape[:2])] = (70, 30, 110)
+    Image.fromarray(image).save(tmp_path / "edge.png")
+    tissue = np.zeros((512, 1024), bool)
+    tissue[:, :500] = True
+    found = {}
+    for tile_size in (512, 1024):
+        segmenter = NucleusSegmenter(DarkIsNucleus(), SlidingWindowInferer((272, 272), 2, 0.1, mode="gaussian"), InstanceSplitter(min_size=10),
+                                     patch_size=(272, 272), tile_size=tile_size, margin=64, progress=False, tile_workers=0)
+        source = open_source(tmp_path / "edge.png", mpp=0.25)
+        region = segmenter.segment_region(source, tissue=tissue, tissue_down=1.0)
+        found[tile_size] = [tuple(n.centroid) for n in region.nuclei]
+        assert region.processed == (2 if tile_size == 512 else 1) and region.skipped == 0
+        region.nuclei.close()
+    assert len(found[512]) == len(found[1024]) == 1
+    assert np.allclose(found[512][0], (centre_x + 0.5, 256.5), atol=0.5) and np.allclose(found[512], found[1024], atol=0.5)
+
+
+def test_tile_far_from_tissue_is_skipped(tmp_path):
+    """A tile whose core is more than half a window from the thumbnail's tissue is not computed."""
+    from monai.inferers import SlidingWindowInferer
+    from bundle.pipeline.split import InstanceSplitter
+
+    Image.fromarray(np.full((512, 1536, 3), 230, np.uint8)).save(tmp_path / "glass.png")
+    tissue = np.zeros((512, 1536), bool)
+    tissue[:, :100] = True
+    segmenter = NucleusSegmenter(DarkIsNucleus(), SlidingWindowInferer((272, 272), 2, 0.1, mode="gaussian"), InstanceSplitter(min_size=10),
+                                 patch_size=(272, 272), tile_size=512, margin=64, progress=False, tile_workers=0)
+    region = segmenter.segment_region(open_source(tmp_path / "glass.png", mpp=0.25), tissue=tissue, tissue_down=1.0)
+    assert (region.processed, region.skipped) == (1, 2)
+    region.nuclei.close()
+
+
 def test_windows_without_tissue_are_skipped_with_the_same_nuclei(segmenter, tmp_path):
     """One 1024-pixel tile, tissue in its top-left corner: most windows are glass and are not computed; the
     nuclei are exactly those of computing every window."""
