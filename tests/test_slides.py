@@ -298,18 +298,23 @@ class DarkIsNucleus(torch.nn.Module):
         return 30.0 * (0.45 - x[:, :3].mean(1, keepdim=True))
 
 
-def _found_discs(centres: np.ndarray, radius: float, side: int, mpp: float, tmp: Path) -> Tuple[np.ndarray, np.ndarray]:
-    """Dark discs at ``centres`` (x, y; pixel indices) on a ``side``-pixel pink image at ``mpp``, segmented in tiles
-    of 512 model pixels by :class:`DarkIsNucleus`: (found centroids, index of the nearest true centre of each)."""
+def _dark_segmenter(tile_size: int = 512) -> NucleusSegmenter:
+    """The pipeline with :class:`DarkIsNucleus` in tiles of ``tile_size`` model pixels (windows of 272, margin 64)."""
     from monai.inferers import SlidingWindowInferer
     from bundle.pipeline.split import InstanceSplitter
 
+    return NucleusSegmenter(DarkIsNucleus(), SlidingWindowInferer((272, 272), 2, 0.1, mode="gaussian"), InstanceSplitter(min_size=10),
+                            patch_size=(272, 272), tile_size=tile_size, margin=64, progress=False, tile_workers=0)
+
+
+def _found_discs(centres: np.ndarray, radius: float, side: int, mpp: float, tmp: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """Dark discs at ``centres`` (x, y; pixel indices) on a ``side``-pixel pink image at ``mpp``, segmented in tiles
+    of 512 model pixels by :class:`DarkIsNucleus`: (found centroids, index of the nearest true centre of each)."""
     image = np.empty((side, side, 3), np.uint8)
     image[:] = (230, 170, 200)
     for cx, cy in centres:
         image[disk((cy, cx), radius + 1e-6, shape=image.shape[:2])] = (70, 30, 110)
-    segmenter = NucleusSegmenter(DarkIsNucleus(), SlidingWindowInferer((272, 272), 2, 0.1, mode="gaussian"), InstanceSplitter(min_size=10),
-                                 patch_size=(272, 272), tile_size=512, margin=64, progress=False, tile_workers=0)
+    segmenter = _dark_segmenter()
     Image.fromarray(image).save(tmp / "discs.png")
     summary = segmenter.segment(tmp / "discs.png", tmp / "out", mpp=mpp)
     assert summary["tiles"] >= 9
@@ -352,9 +357,6 @@ def test_nucleus_beside_tissue_in_a_tile_without_tissue_is_kept(centre_x, tmp_pa
     """Two tiles of 512 model pixels, tissue (on the thumbnail) only in the left one, ending 12 px before their
     common edge; a nucleus whose centroid lies in the right tile, within half a window of that tissue, is found
     once, as an untiled run finds it (0.7.6 skipped the right tile and lost it)."""
-    from monai.inferers import SlidingWindowInferer
-    from bundle.pipeline.split import InstanceSplitter
-
     image = np.empty((512, 1024, 3), np.uint8)
     image[:] = (230, 170, 200)
     image[disk((256, centre_x), 8, shape=image.shape[:2])] = (70, 30, 110)
@@ -363,8 +365,7 @@ def test_nucleus_beside_tissue_in_a_tile_without_tissue_is_kept(centre_x, tmp_pa
     tissue[:, :500] = True
     found = {}
     for tile_size in (512, 1024):
-        segmenter = NucleusSegmenter(DarkIsNucleus(), SlidingWindowInferer((272, 272), 2, 0.1, mode="gaussian"), InstanceSplitter(min_size=10),
-                                     patch_size=(272, 272), tile_size=tile_size, margin=64, progress=False, tile_workers=0)
+        segmenter = _dark_segmenter(tile_size)
         source = open_source(tmp_path / "edge.png", mpp=0.25)
         region = segmenter.segment_region(source, tissue=tissue, tissue_down=1.0)
         found[tile_size] = [tuple(n.centroid) for n in region.nuclei]
@@ -376,14 +377,10 @@ def test_nucleus_beside_tissue_in_a_tile_without_tissue_is_kept(centre_x, tmp_pa
 
 def test_tile_far_from_tissue_is_skipped(tmp_path):
     """A tile whose core is more than half a window from the thumbnail's tissue is not computed."""
-    from monai.inferers import SlidingWindowInferer
-    from bundle.pipeline.split import InstanceSplitter
-
     Image.fromarray(np.full((512, 1536, 3), 230, np.uint8)).save(tmp_path / "glass.png")
     tissue = np.zeros((512, 1536), bool)
     tissue[:, :100] = True
-    segmenter = NucleusSegmenter(DarkIsNucleus(), SlidingWindowInferer((272, 272), 2, 0.1, mode="gaussian"), InstanceSplitter(min_size=10),
-                                 patch_size=(272, 272), tile_size=512, margin=64, progress=False, tile_workers=0)
+    segmenter = _dark_segmenter()
     region = segmenter.segment_region(open_source(tmp_path / "glass.png", mpp=0.25), tissue=tissue, tissue_down=1.0)
     assert (region.processed, region.skipped) == (1, 2)
     region.nuclei.close()
