@@ -352,11 +352,11 @@ def test_nuclei_on_tile_borders_are_kept_once(mpp, tmp_path):
     assert len(nearest) == len(set(nearest)) == len(centres), f"{len(found)} found for {len(centres)} discs"
 
 
-@pytest.mark.parametrize("centre_x", [520.0, 600.0, 640.0])  # 8, 88 and 128 px into the tile without tissue
+@pytest.mark.parametrize("centre_x", [514.0, 520.0, 530.0])  # 2, 8 and 18 px into the tile without tissue
 def test_nucleus_beside_tissue_in_a_tile_without_tissue_is_kept(centre_x, tmp_path):
     """Two tiles of 512 model pixels, tissue (on the thumbnail) only in the left one, ending 12 px before their
-    common edge; a nucleus whose centroid lies in the right tile, within half a window of that tissue, is found
-    once, as an untiled run finds it (0.7.6 skipped the right tile and lost it)."""
+    common edge; a nucleus whose centroid lies in the right tile, near that tissue, is found once, as an untiled
+    run finds it (0.7.6 skipped the right tile and lost it: the left tile measured it but could not own it)."""
     image = np.empty((512, 1024, 3), np.uint8)
     image[:] = (230, 170, 200)
     image[disk((256, centre_x), 8, shape=image.shape[:2])] = (70, 30, 110)
@@ -376,10 +376,10 @@ def test_nucleus_beside_tissue_in_a_tile_without_tissue_is_kept(centre_x, tmp_pa
 
 
 def test_tile_far_from_tissue_is_skipped(tmp_path):
-    """A tile whose core is more than half a window from the thumbnail's tissue is not computed."""
+    """Tiles whose cores lie further than ``BORDER_REACH`` (32 model px) from the thumbnail's tissue are not computed."""
     Image.fromarray(np.full((512, 1536, 3), 230, np.uint8)).save(tmp_path / "glass.png")
     tissue = np.zeros((512, 1536), bool)
-    tissue[:, :100] = True
+    tissue[:, :470] = True
     segmenter = _dark_segmenter()
     region = segmenter.segment_region(open_source(tmp_path / "glass.png", mpp=0.25), tissue=tissue, tissue_down=1.0)
     assert (region.processed, region.skipped) == (1, 2)

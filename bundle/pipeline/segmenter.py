@@ -286,8 +286,8 @@ class NucleusSegmenter:
         Args:
             source: from :func:`bundle.io.slides.open_source`.
             box: (x0, y0, x1, y1) in level-0 pixels.
-            tissue: bool tissue mask of the source's thumbnail; tiles with no tissue within half a window of their
-                core are skipped (None: none are).
+            tissue: bool tissue mask of the source's thumbnail; tiles with no tissue within
+                :data:`BORDER_REACH` model pixels of their core are skipped (None: none are).
             tissue_down: level-0 pixels per thumbnail pixel.
             organ: the tissue's organ, for the network's prompts (see :meth:`resolve_organ`).
             spill_dir: an existing folder where the nuclei are kept until they are written (see
@@ -309,10 +309,11 @@ class NucleusSegmenter:
         result.tiles = len(grid)
         windows: List[TileWindow] = []
         reach = min(BORDER_REACH, self.margin / 2)  # nuclei further out are cut by the read window
-        # a tile is computed where a window of an untiled run would be: tissue within half a window of its core
-        near_tissue = None if tissue is None else TissueWindows(tissue, tissue_down, scale, max(self.patch_size) // 2)
+        # a tile is computed where tissue lies within its reach: a nucleus at the tissue's edge whose centroid is in
+        # this tile is measured by its neighbour too, but only this tile can own it
+        near_tissue = None if tissue is None else TissueWindows(tissue, tissue_down, scale, int(math.ceil(reach))).mask
         for core, read in grid:
-            if near_tissue is not None and not self._has_tissue(near_tissue.mask, core, (x0, y0), scale, tissue_down):
+            if near_tissue is not None and not self._has_tissue(near_tissue, core, (x0, y0), scale, tissue_down):
                 result.skipped += 1
                 continue
             lx0, ly0 = x0 + int(math.floor(read[0] / scale)), y0 + int(math.floor(read[1] / scale))
@@ -327,7 +328,9 @@ class NucleusSegmenter:
                     (cy1 - ly0) / py - 0.5 + reach * edges[3], (cx1 - lx0) / px - 0.5 + reach * edges[2])
             windows.append(TileWindow(core, (lx0, ly0, lx1, ly1), out_shape, keep, (px, py), (cx0, cy0, cx1, cy1), edges))
         self.predictor.network = self._runner(self.resolve_organ(organ))
-        self._tissue_windows = near_tissue if self.skip_background_windows and self.context is None else None
+        self._tissue_windows = None
+        if tissue is not None and self.skip_background_windows and self.context is None:
+            self._tissue_windows = TissueWindows(tissue, tissue_down, scale, max(self.patch_size) // 2)
         progress = tqdm(total=len(windows), desc=source.path.name, unit="tile", disable=not self.progress, leave=False)
         skipped_before = self.predictor.windows_skipped
         borders = BorderNuclei(reach / scale, [y0 + top / scale for top in range(0, mh, self.tile_size)])
