@@ -175,6 +175,39 @@ def test_gdam_sampling_gradient_stays_finite_where_its_variance_vanishes(dtype):
     assert all(torch.isfinite(g).all() for g in grads)
 
 
+GDAM_START_CASES = [
+    # GRUNet kwargs, expected (min, max) of the sampled attention's standard deviation at initialisation
+    [{"features": 8}, (0.0, 0.15)],  # identity start: 1 + mean(text) with little noise
+    [{"features": 8, "gdam_identity_start": False}, (0.4, 1.5)],  # Glorot heads: noise as large as the mean
+    [{"features": 8, "reference": True, "text_prior": torch.randn(16, 768)}, (0.4, 1.5)],
+]
+
+
+@pytest.mark.parametrize("kwargs, sd_range", GDAM_START_CASES)
+def test_gdam_start(kwargs, sd_range):
+    """At initialisation the training samples of every decoder level's attention have the expected spread."""
+    torch.manual_seed(0)
+    net = GRUNet(**kwargs).train()
+    with torch.no_grad():
+        _, bottleneck = net.encode(torch.randn(2, 3, 64, 64))
+        maps = net.gdam(bottleneck, net.text_projection(net.text_prior), True)
+    assert len(maps) == 4
+    for level, attention in enumerate(maps):
+        assert attention.shape == (2, 1, 8 * 2**level, 8 * 2**level)
+        assert sd_range[0] <= attention.std().item() <= sd_range[1]
+        if kwargs.get("gdam_identity_start", not kwargs.get("reference", False)):
+            assert attention.min().item() > 0.5  # never flips the sign of a feature
+
+
+def test_gdam_start_is_replaced_by_loaded_weights():
+    """The identity start is an initialisation only: loaded weights replace it."""
+    torch.manual_seed(0)
+    glorot = GRUNet(features=8, gdam_identity_start=False)
+    identity = GRUNet(features=8)
+    identity.load_state_dict(glorot.state_dict())
+    assert torch.equal(identity.gdam.mu_head.pointwise.weight, glorot.gdam.mu_head.pointwise.weight)
+
+
 def test_train_mode_without_gdam_is_deterministic():
     """Control for the test above: with no GdAM (and no dropout) a training-mode pass has no randomness."""
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ momentum 0.99 in Keras terms, i.e. 0.01 in PyTorch terms).
 
 from __future__ import annotations
 
+import math
 from typing import List, Sequence, Tuple
 
 import torch
@@ -288,6 +289,7 @@ class SeparableHead(nn.Module):
 
 
 SIGMA_FLOOR = 1e-6  # added to GdAM's sampling variance: a finite gradient where the variance reaches 0
+IDENTITY_START_SD = 0.01  # softplus of GdAM's sd head at an identity start
 
 
 class GdAM(nn.Module):
@@ -305,17 +307,26 @@ class GdAM(nn.Module):
     turned every weight to NaN after 66 iterations. The floor (1e-6, sigma >= 0.001) keeps the gradient finite and
     changes nothing at evaluation.
 
+    The reference initialises the heads like every other convolution (Glorot-uniform, zero bias): both softplus
+    terms then start near 0.7, so in training every decoder level is multiplied by a per-pixel sample of mean about
+    0.7 and standard deviation about 0.7, negative at one pixel in six, and training must first learn to silence
+    the noise. :meth:`start_as_identity` instead zeroes the heads' pointwise weights and sets their biases so that
+    the mean head gives 1 and the sd head ``IDENTITY_START_SD``: the attention starts as 1 + mean(t_i) with small
+    noise and learns from there.
+
     Args:
         in_channels: bottleneck channels (853 in the reference).
         features: channels of the image branch (256 in the reference).
         num_scales: number of decoder levels to attend (4).
+        identity_start: start the heads as :meth:`start_as_identity` does (default); False keeps the reference's
+            Glorot heads.
 
     Shapes: bottleneck (B, in_channels, h, w) and text map (1, 1, S, S) (one text for all) or (B, 1, S, S)
     (a text per image; mean and variance are then taken per image) ->
     list of ``num_scales`` maps (B, 1, h * 2**i, w * 2**i), i = 1 .. num_scales.
     """
 
-    def __init__(self, in_channels: int, features: int = 256, num_scales: int = 4):
+    def __init__(self, in_channels: int, features: int = 256, num_scales: int = 4, identity_start: bool = True):
         super().__init__()
         self.image_up = nn.ModuleList(
             [nn.ConvTranspose2d(in_channels if i == 0 else features, features, 2, stride=2) for i in range(num_scales)]
@@ -324,6 +335,20 @@ class GdAM(nn.Module):
         self.mu_head = SeparableHead(features)
         self.sd_head = SeparableHead(features)
         self.sigma_floor = SIGMA_FLOOR  # an attribute: TorchScript does not read module-level floats
+        self.identity_start = identity_start
+        if identity_start:
+            self.start_as_identity()
+
+    @torch.jit.unused
+    def start_as_identity(self) -> None:
+        """Zero the heads' pointwise weights; biases so that softplus gives 1 (mean) and ``IDENTITY_START_SD`` (sd).
+
+        Called again by a network that re-initialises its convolutions after building this module.
+        """
+        with torch.no_grad():
+            for head, value in ((self.mu_head, 1.0), (self.sd_head, IDENTITY_START_SD)):
+                head.pointwise.weight.zero_()
+                head.pointwise.bias.fill_(math.log(math.expm1(value)))  # the inverse of softplus
 
     def forward(self, bottleneck: torch.Tensor, text_map: torch.Tensor, sample: bool) -> List[torch.Tensor]:
         maps: List[torch.Tensor] = []

@@ -93,11 +93,15 @@ class GRUNet(nn.Module):
         gdam_features: channels of the GdAM image branch. Default 8 * features (256).
         text_map_size: side of the projected text map. Default 32.
         trainable_text_projection: learn the text projection (default) or keep it frozen random (reference).
+        gdam_identity_start: start GdAM's attention as 1 with little noise (default; see
+            :meth:`GdAM.start_as_identity`) instead of the reference's Glorot heads, whose training samples start at
+            mean 0.7 and standard deviation 0.7.
         bn_momentum: BatchNorm running-statistics momentum (PyTorch convention). Default 0.1. The reference's
             Keras value, 0.01, leaves the running statistics far from the batch statistics after a few hundred
             iterations, so evaluation-mode predictions collapse on small datasets.
         reference: reproduce the reference structure exactly; overrides ``gate="batch"``,
-            ``repeat_channels=True``, ``cdrb_units=4``, ``trainable_text_projection=False``, ``bn_momentum=0.01``.
+            ``repeat_channels=True``, ``cdrb_units=4``, ``trainable_text_projection=False``, ``bn_momentum=0.01``,
+            ``gdam_identity_start=False``.
 
     Input (B, in_channels, H, W) with H and W multiples of 16. Returns logits (B, out_channels, H, W), or
     (B, out_channels + 1, H, W) with ``distance_head``.
@@ -127,13 +131,14 @@ class GRUNet(nn.Module):
         gdam_features: Optional[int] = None,
         text_map_size: int = 32,
         trainable_text_projection: bool = True,
+        gdam_identity_start: bool = True,
         bn_momentum: float = 0.1,
         reference: bool = False,
     ):
         super().__init__()
         if reference:
             gate, repeat_channels, cdrb_units, trainable_text_projection = "batch", True, 4, False
-            bn_momentum = BN_MOMENTUM
+            bn_momentum, gdam_identity_start = BN_MOMENTUM, False
         if skip not in SKIP_TYPES:
             raise ValueError(f"skip must be one of {SKIP_TYPES}, got {skip!r}")
         if gate not in GATE_MODES:
@@ -191,13 +196,14 @@ class GRUNet(nn.Module):
             self.text_projection = TextProjection(
                 text_prior.shape[1], text_prior.shape[0], text_map_size, trainable=trainable_text_projection
             )
-            self.gdam = GdAM(enc_channels[-1], gdam_features or 8 * features, NUM_LEVELS)
+            self.gdam = GdAM(enc_channels[-1], gdam_features or 8 * features, NUM_LEVELS, gdam_identity_start)
         else:
             self.register_buffer("text_prior", torch.zeros(0, 0))
         self._init_weights(bn_momentum)
 
     def _init_weights(self, bn_momentum: float) -> None:
-        """Glorot-uniform weights and zero biases for every convolution (as the Keras reference); BN momentum."""
+        """Glorot-uniform weights and zero biases for every convolution (as the Keras reference), then GdAM's heads
+        as GdAM asks; BN momentum."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.xavier_uniform_(m.weight)
@@ -205,6 +211,8 @@ class GRUNet(nn.Module):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 m.momentum = bn_momentum
+        if self.gdam is not None and self.gdam.identity_start:
+            self.gdam.start_as_identity()
 
     @torch.jit.unused
     def set_attention_sampling(self, enabled: bool) -> None:
