@@ -47,7 +47,7 @@ def plot(histories: List[str], output: str, title: str = "GRU-Net training", lab
     if len(labels) != len(histories):
         raise ValueError(f"{len(labels)} labels for {len(histories)} histories")
     several = len(histories) > 1
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4 + (0.45 * len(histories) if several else 0)))
     for n, (history, label) in enumerate(zip(histories, labels)):
         iterations, epochs = read_history(history)
         name = f"{label}: " if several else ""
@@ -66,11 +66,12 @@ def plot(histories: List[str], output: str, title: str = "GRU-Net training", lab
             ax_dice.plot(*zip(*val), "o-", color=f"C{n if several else 2}", label=f"{name}validation Dice (whole images)")
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("training loss")
-    ax_loss.legend()
+    below = {"fontsize": 8, "loc": "upper center", "bbox_to_anchor": (0.5, -0.15)} if several else {}  # off the curves
+    ax_loss.legend(**below)
     ax_loss.grid(alpha=0.3)
     ax_dice.set_xlabel("epoch")
     ax_dice.set_ylabel("Dice")
-    ax_dice.legend(fontsize=8 if several else None)
+    ax_dice.legend(**below)
     ax_dice.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
