@@ -49,7 +49,10 @@ def overlays_of(variant: str) -> List[str]:
 
 
 def _config_list(variant: str, args: argparse.Namespace, extra: List[str]) -> str:
-    files = ["configs/train.json", *args.configs, *overlays_of(variant), *extra]
+    """The configs of one stage: ``extra`` (``configs/evaluate.json``) before the variant's overlays, so that a
+    variant's own splitting (``configs/compact.json``'s marker height and smoothing) wins, as in the model card's
+    evaluation command."""
+    files = ["configs/train.json", *args.configs, *extra, *overlays_of(variant)]
     return "[" + ",".join(f"'{f}'" for f in files) + "]"
 
 
