@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 OUT="${OUT:-runs/device/out}"
 RUN="${RUN:-/tmp/grunet_networks}"
 DATA="${DATA:-/tmp/grunet_data}"
-VARIANTS="${VARIANTS:-basicunet,compact,full,da_refinenet,unet_sharp,eunet3plus,eunet3plus_fusion,plain,respath,no_gdam}"
+VARIANTS="${VARIANTS:-basicunet,compact,full,da_refinenet,unet_sharp,eunet3plus,eunet3plus_fusion,plain,respath,no_gdam,glorot_gdam}"
 source scripts/device/install.sh
 rm -rf "$RUN"  # fresh rows: never resumed from an earlier call on a warm machine
 ARGS=(--configs configs/monuseg_tnbc.json --output_dir "$RUN" --variants "$VARIANTS" --epochs "${EPOCHS:-40}"
