@@ -81,6 +81,14 @@ def test_required_ids_exist(files, ids):
         assert i in parser, i
 
 
+def test_validation_loads_in_the_training_process():
+    # a worker forked from the trainer at its peak (13 GB for the full model on CPU) shares its pages copy-on-write;
+    # as training went on both copies grew until a 24 GB machine killed the run
+    loader = load_config("train")["validate#dataloader"]
+    assert loader["num_workers"] == 0
+    assert not loader.get("persistent_workers", False)
+
+
 def test_network_def_builds_with_shipped_text_prior():
     net = load_config("inference").get_parsed_content("network_def")
     assert net.text_prior.shape == (16, 384)
