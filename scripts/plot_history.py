@@ -34,6 +34,14 @@ def read_history(path: str) -> Tuple[List[Dict], List[Dict]]:
     return [iterations[k] for k in sorted(iterations)], [epochs[k] for k in sorted(epochs)]
 
 
+EXTRA_COLORS = ("black", "gold", "lime", "navy")  # for runs beyond matplotlib's ten-colour cycle
+
+
+def run_color(n: int) -> str:
+    """The colour of the n-th run: matplotlib's cycle ``C0``-``C9``, then ``EXTRA_COLORS``."""
+    return f"C{n}" if n < 10 else EXTRA_COLORS[(n - 10) % len(EXTRA_COLORS)]
+
+
 def plot(histories: List[str], output: str, title: str = "GRU-Net training", labels: Optional[List[str]] = None) -> None:
     """Loss per iteration (left) and Dice per epoch (right) of one run, or of several runs on the same axes.
 
@@ -57,13 +65,13 @@ def plot(histories: List[str], output: str, title: str = "GRU-Net training", lab
             ax_loss.plot(it, loss, color="0.75", lw=0.8, label="per iteration")
         if len(loss) >= 20:
             k = max(5, len(loss) // 50)
-            ax_loss.plot(it[k - 1 :], np.convolve(loss, np.ones(k) / k, mode="valid"), color=f"C{n if several else 0}", label=f"{name}mean of {k}")
+            ax_loss.plot(it[k - 1 :], np.convolve(loss, np.ones(k) / k, mode="valid"), color=run_color(n) if several else "C0", label=f"{name}mean of {k}")
         ep = [r["epoch"] for r in epochs if "train_dice" in r]
         ax_dice.plot(ep, [r["train_dice"] for r in epochs if "train_dice" in r], "--" if several else "-",
-                     color=f"C{n if several else 1}", label=f"{name}train Dice (patches)")
+                     color=run_color(n) if several else "C1", label=f"{name}train Dice (patches)")
         val = [(r["epoch"], r["val_mean_dice"]) for r in epochs if "val_mean_dice" in r]
         if val:
-            ax_dice.plot(*zip(*val), "o-", color=f"C{n if several else 2}", label=f"{name}validation Dice (whole images)")
+            ax_dice.plot(*zip(*val), "o-", color=run_color(n) if several else "C2", label=f"{name}validation Dice (whole images)")
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("training loss")
     below = {"fontsize": 8, "loc": "upper center", "bbox_to_anchor": (0.5, -0.15)} if several else {}  # off the curves

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scripts.plot_history import main, read_history
+from scripts.plot_history import EXTRA_COLORS, main, read_history, run_color
 
 
 def _history(path: Path, epochs: int = 4, iterations_per_epoch: int = 10) -> Path:
@@ -30,6 +30,12 @@ def _history(path: Path, epochs: int = 4, iterations_per_epoch: int = 10) -> Pat
 def test_read_history_keeps_one_record_per_epoch(tmp_path):
     iterations, epochs = read_history(str(_history(tmp_path / "a" / "history.jsonl")))
     assert len(iterations) == 40 and [r["epoch"] for r in epochs] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("n, color", [(0, "C0"), (9, "C9"), (10, EXTRA_COLORS[0]), (10 + len(EXTRA_COLORS), EXTRA_COLORS[0])])
+def test_run_color_extends_the_ten_colour_cycle(n, color):
+    assert run_color(n) == color
+    assert len({run_color(i) for i in range(10 + len(EXTRA_COLORS))}) == 10 + len(EXTRA_COLORS)  # no two runs share a colour
 
 
 @pytest.mark.parametrize(
