@@ -106,7 +106,7 @@ class NucleiSegApp(Application):
 
     name = "pathology_nuclei_segmentation_grunet"
     description = "Nucleus segmentation (instance TIFF, mask, overlay, GeoJSON, CSV) of H&E images and slides with GRU-Net"
-    version = "0.7.9"
+    version = "0.7.10"
 
     def __init__(self, *args, **kwargs):
         self.report: Optional[RunReport] = None

@@ -12,6 +12,7 @@ from parameterized import parameterized
 from bundle.config_io import BUNDLE_ROOT, config_path, load_config, resolve_variant
 from scripts.benchmark_training import VARIANTS as ABLATIONS
 from scripts.benchmark_training import width_overrides
+from tests.helpers import MONUSEG
 
 ROOT = BUNDLE_ROOT
 
@@ -79,6 +80,18 @@ def test_required_ids_exist(files, ids):
     parser = load_config(files)
     for i in ids:
         assert i in parser, i
+
+
+def _validation_ids(**overrides) -> list:
+    """The validation image ids of ``configs/train.json`` on the shipped MoNuSeg crops, split half and half."""
+    parser = load_config("train", overrides={"dataset_dir": str(MONUSEG), "val_fraction": 0.5, **overrides})
+    return sorted(item["id"] for item in parser.get_parsed_content("datalists")["validation"])
+
+
+@pytest.mark.parametrize("overrides, same_split", [({"seed": 1}, True), ({"seed": 7}, True), ({"split_seed": 1}, False)])
+def test_training_seed_keeps_the_split_and_split_seed_moves_it(overrides, same_split):
+    # until 0.7.10 ``seed`` also drew the split, so a "second seed" was scored on other validation images
+    assert (_validation_ids(**overrides) == _validation_ids()) == same_split
 
 
 def test_validation_loads_in_the_training_process():
