@@ -8,8 +8,8 @@
 Uses ``configs/inference.json`` (network, weights, pre-processing, sliding-window inferer, each image's organ
 prompts) for the probability and distance maps (markers from the distance head; ``--mask_only`` takes them from
 the mask instead) and :class:`bundle.pipeline.split.InstanceSplitter` for the instances. The split is the training
-config's: ``--dataset_dir`` with ``--split_mode``, ``--val_fraction``, ``--seed``, or the ``datalists`` of
-training overlays given by ``--configs`` (e.g. MoNuSeg by image and TNBC by patient). Comma lists of
+config's: ``--dataset_dir`` with ``--split_mode``, ``--val_fraction``, ``--split_seed``, or the ``datalists`` of
+training overlays given by ``--configs`` and ``--split_seed`` (e.g. MoNuSeg by image and TNBC by patient). Comma lists of
 ``--min_distance``, ``--sigma``, ``--threshold``, ``--marker_height``, ``--distance_sigma`` and ``--min_size``
 score every combination on the same maps; the table gives AJI, PQ, F1 and the predicted-to-true nucleus count
 ratio (pooled), and the best setting's figures per data set. ``--truth_markers`` adds the AJI that perfect
@@ -64,7 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--split", default="validation", choices=["train", "validation"], help="which part of the split to score")
     parser.add_argument("--split_mode", default="random")
     parser.add_argument("--val_fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split_seed", type=int, default=0, help="the training config's split_seed")
     parser.add_argument("--model", default=None, help="checkpoint (default: the config's models/model.pt)")
     # each grid defaults to the variant's own setting (its configs' splitter), so that no flag scores what ships
     parser.add_argument("--min_distance", default=None, help="comma list: a grid of watershed settings is scored")
@@ -86,10 +86,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if getattr(args, setting) is None:
             setattr(args, setting, str(getattr(segmenter.splitter, setting)))
     if args.configs:
-        root = {"data_root": str(Path(args.data_root).resolve())} if args.data_root else {}
-        datalists = load_config(["train", *[str(Path(c).resolve()) for c in args.configs]], overrides=root).get_parsed_content("datalists")
+        split_overrides = {"split_seed": args.split_seed, **({"data_root": str(Path(args.data_root).resolve())} if args.data_root else {})}
+        datalists = load_config(["train", *[str(Path(c).resolve()) for c in args.configs]], overrides=split_overrides).get_parsed_content("datalists")
     elif args.dataset_dir:
-        datalists = make_split(args.dataset_dir, args.split_mode, args.val_fraction, seed=args.seed)
+        datalists = make_split(args.dataset_dir, args.split_mode, args.val_fraction, seed=args.split_seed)
     else:
         parser.error("give --dataset_dir or --configs")
     items = datalists[args.split][: args.limit]

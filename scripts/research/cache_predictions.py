@@ -51,7 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--split", default="all", choices=["train", "validation", "all"])
     parser.add_argument("--split_mode", default="random")
     parser.add_argument("--val_fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split_seed", type=int, default=0)
     parser.add_argument("--model", default=None, help="checkpoint (default: the config's models/model.pt)")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--features", action="store_true", help="also save the last decoder level")
@@ -69,7 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     model = LogitsAndFeatures(net) if args.features else net
     preprocess = config.get_parsed_content("preprocessing")
     inferer = config.get_parsed_content("inferer")
-    split = make_split(args.dataset_dir, args.split_mode, args.val_fraction, seed=args.seed)
+    split = make_split(args.dataset_dir, args.split_mode, args.val_fraction, seed=args.split_seed)
     if args.split != "all":
         items = split[args.split]
     elif args.split_mode == "none":  # train and validation are the same list
