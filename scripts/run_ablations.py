@@ -181,6 +181,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             "parameters": sum(p.numel() for p in config.get_parsed_content("network_def").parameters() if p.requires_grad),
             "train_rc": train_codes.get(variant),
             "epochs_trained": _epochs_trained(Path(args.output_dir) / variant / "history.jsonl"),
+            "seed": config["seed"],  # the training draw
+            "split_seed": config["split_seed"],  # the validation images (scripts/summarize_ablations.py groups by it)
             **(json.loads(summary.read_text()) if summary.is_file() else {}),
         }
     report = {"epochs": args.epochs, "width": args.width, "configs": args.configs, "overrides": args.override, "results": results}
