@@ -20,6 +20,9 @@ from pathlib import Path
 from statistics import mean
 from typing import Dict, List, Optional, Sequence, Tuple
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.run_ablations import _parsed_overrides  # noqa: E402
+
 SUMMARY_METRICS = (("Dice", "mean_dice"), ("AJI", "mean_aji"), ("PQ", "mean_pq"), ("F1", "mean_f1"), ("count ratio", "pooled_count_ratio"))
 DATASET_METRICS = (("Dice", "mean_dice"), ("AJI", "mean_aji"))
 
@@ -33,15 +36,6 @@ class Run:
     split_seed: int
     metrics: Dict[str, float]
     source: str
-
-
-def _override(overrides: Sequence[str], key: str) -> Optional[int]:
-    """The integer given as ``key=value`` in a report's overrides, or None."""
-    for pair in overrides:
-        name, _, value = pair.partition("=")
-        if name.strip() == key:
-            return int(value)
-    return None
 
 
 def flat_metrics(result: Dict) -> Dict[str, float]:
@@ -60,13 +54,13 @@ def read_runs(paths: Sequence[str]) -> List[Run]:
             report = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise SystemExit(f"{path}: not a readable ablations report ({e})")
-        overrides = report.get("overrides", [])
+        overrides = _parsed_overrides(report.get("overrides", []))
         for variant, result in report.get("results", {}).items():
             if "mean_dice" not in result:
                 print(f"{path}: {variant} has no evaluation, skipped", file=sys.stderr)
                 continue
-            seed = result.get("seed", _override(overrides, "seed") or 0)
-            split_seed = result.get("split_seed", _override(overrides, "split_seed") or 0)
+            seed = result.get("seed", overrides.get("seed", 0))
+            split_seed = result.get("split_seed", overrides.get("split_seed", 0))
             key = (variant, seed, split_seed)
             if key in runs:
                 print(f"{path}: {variant} seed {seed} split {split_seed} replaces the run from {runs[key].source}", file=sys.stderr)
@@ -74,7 +68,7 @@ def read_runs(paths: Sequence[str]) -> List[Run]:
     return sorted(runs.values(), key=lambda r: (r.variant, r.split_seed, r.seed))
 
 
-def split_means(runs: Sequence[Run]) -> Dict[Tuple[str, int], Dict[str, List[float]]]:
+def group_by_split(runs: Sequence[Run]) -> Dict[Tuple[str, int], Dict[str, List[float]]]:
     """Per (variant, split_seed): every metric's values over the seeds, in seed order."""
     groups: Dict[Tuple[str, int], Dict[str, List[float]]] = {}
     for run in runs:
@@ -104,10 +98,13 @@ def _range(values: List[float]) -> str:
 
 
 def _datasets(runs: Sequence[Run]) -> List[str]:
-    """The data sets the runs report, in first-seen order."""
+    """The data sets the runs report (their ``"<dataset> Dice"`` metrics), in first-seen order."""
     names: List[str] = []
     for run in runs:
-        names += [k.rsplit(" ", 1)[0] for k in run.metrics if k.endswith(" Dice") and k.rsplit(" ", 1)[0] not in names]
+        for key in run.metrics:
+            dataset, _, metric = key.rpartition(" ")
+            if metric == "Dice" and dataset and dataset not in names:
+                names.append(dataset)
     return names
 
 
@@ -126,7 +123,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cells = [f"{run.metrics[n]:.3f}" if n in run.metrics else "" for n in [n for n, _ in SUMMARY_METRICS] + per_dataset]
         print(f"| {run.variant} | {run.split_seed} | {run.seed} | " + " | ".join(cells) + f" | {run.source} |")
 
-    groups = split_means(runs)
+    groups = group_by_split(runs)
     shown = ["Dice", "AJI", "PQ", *per_dataset]
     print("\n| variant | split | seeds | " + " | ".join(f"{n}, mean (range)" if n in ("Dice", "AJI") else n for n in shown) + " |")
     print("|---|---:|---|" + "---:|" * len(shown))

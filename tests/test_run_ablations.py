@@ -12,7 +12,7 @@ from bundle.config_io import BUNDLE_ROOT, load_config
 from scripts.run_ablations import _config_list
 from scripts.run_ablations import main as run_ablations_main
 from scripts.summarize_ablations import main as summarize_main
-from scripts.summarize_ablations import margins, read_runs, split_means
+from scripts.summarize_ablations import margins, read_runs, group_by_split
 
 SPLITTING_CASES = [
     # variant, (marker_height, distance_sigma) its evaluation uses
@@ -65,7 +65,7 @@ def test_summary_margin_is_the_difference_of_means_per_split(tmp_path, capsys):
         _report(tmp_path / "c.json", [], {"compact": _result(0.78, 0.54, seed=1, split_seed=1), "basicunet": _result(0.74, 0.50, seed=1, split_seed=1)}),
         _report(tmp_path / "d.json", [], {"no_eval": {"parameters": 1}}),  # a failed evaluation is skipped
     ]
-    groups = split_means(read_runs(reports))
+    groups = group_by_split(read_runs(reports))
     assert groups[("compact", 0)]["Dice"] == [0.80, 0.84]
     diff = margins(groups, "basicunet", ["Dice", "AJI"])
     assert diff["compact"][0] == pytest.approx({"Dice": 0.0, "AJI": 0.01})
