@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -20,10 +21,14 @@ import numpy as np  # noqa: E402
 
 
 def read_history(path: str) -> Tuple[List[Dict], List[Dict]]:
-    """(iteration records, epoch records) of a history file; a resumed run's repeated epochs keep the last."""
+    """(iteration records, epoch records) of a history file; a resumed run's repeated epochs keep the last.
+
+    A file ending in ``.gz`` is read through gzip (the histories committed under ``docs/`` are compressed).
+    """
     iterations: Dict[int, Dict] = {}
     epochs: Dict[int, Dict] = {}
-    for line in Path(path).read_text().splitlines():
+    text = gzip.decompress(Path(path).read_bytes()).decode() if str(path).endswith(".gz") else Path(path).read_text()
+    for line in text.splitlines():
         if not line.strip():
             continue
         record = json.loads(line)

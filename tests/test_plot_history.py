@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -30,6 +31,14 @@ def _history(path: Path, epochs: int = 4, iterations_per_epoch: int = 10) -> Pat
 def test_read_history_keeps_one_record_per_epoch(tmp_path):
     iterations, epochs = read_history(str(_history(tmp_path / "a" / "history.jsonl")))
     assert len(iterations) == 40 and [r["epoch"] for r in epochs] == [1, 2, 3, 4]
+
+
+def test_read_history_reads_a_gzipped_history_as_the_plain_one(tmp_path):
+    plain = _history(tmp_path / "a" / "history.jsonl")
+    packed = tmp_path / "docs" / "history_a.jsonl.gz"
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert read_history(str(packed)) == read_history(str(plain))
 
 
 @pytest.mark.parametrize("n, color", [(0, "C0"), (9, "C9"), (10, EXTRA_COLORS[0]), (10 + len(EXTRA_COLORS), EXTRA_COLORS[0])])
