@@ -12,7 +12,7 @@ from bundle.config_io import BUNDLE_ROOT, load_config
 from scripts.run_ablations import _config_list
 from scripts.run_ablations import main as run_ablations_main
 from scripts.summarize_ablations import main as summarize_main
-from scripts.summarize_ablations import margins, read_runs, group_by_split
+from scripts.summarize_ablations import group_by_split, margins, read_runs
 
 SPLITTING_CASES = [
     # variant, (marker_height, distance_sigma) its evaluation uses
